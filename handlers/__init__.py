@@ -1,0 +1,15 @@
+"""Thin Tornado handlers: parse, call mangu/, write JSON. Each module ends with a
+``default_handlers`` list; ``routes()`` collects them in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def routes() -> list[tuple[Any, ...]]:
+    from handlers import health
+
+    collected: list[tuple[Any, ...]] = []
+    for module in (health,):
+        collected.extend(module.default_handlers)
+    return collected

@@ -1,0 +1,257 @@
+"""APIHandler: JSON errors, JSON bodies, correlation ids, security headers, the access log."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import re
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import tornado.web
+
+from mangu.clientip import client_ip
+from mangu.log import bind_context, redact_text
+
+if TYPE_CHECKING:
+    from mangu.config import Settings
+    from mangu.services import Services
+
+access_log = logging.getLogger("mangu.access")
+app_log = logging.getLogger("mangu.http")
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    409: "conflict",
+    411: "length_required",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    429: "rate_limited",
+    500: "internal",
+    501: "not_implemented",
+    503: "unavailable",
+}
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class APIError(tornado.web.HTTPError):
+    """An error answered as JSON: status, a stable code, a message for humans, extra fields."""
+
+    def __init__(self, status: int, code: str | None = None, message: str | None = None, **extra: Any) -> None:
+        reason = http.client.responses.get(status, "Unknown")
+        super().__init__(status, None, reason=reason)
+        self.code = code or ERROR_CODES.get(status, "error")
+        self.message = message or reason
+        self.extra = extra
+
+
+def request_correlation_id(headers: Any) -> str:
+    """The caller's X-Correlation-Id (else X-Request-Id) when it is a safe token, else a new one."""
+    for name in ("X-Correlation-Id", "X-Request-Id"):
+        value = headers.get(name)
+        if value and _SAFE_ID.fullmatch(value):
+            return value
+    return secrets.token_hex(16)
+
+
+def request_trace_id(headers: Any) -> str | None:
+    """The trace-id of a valid W3C traceparent header."""
+    match = _TRACEPARENT.fullmatch((headers.get("traceparent") or "").strip())
+    if match and match.group(1) != "0" * 32 and not headers.get("traceparent").startswith("ff"):
+        return match.group(1)
+    return None
+
+
+class MaguHandlerMixin:
+    """What every handler of this server shares, HTTP or WebSocket: the route template,
+    the request's correlation id bound to the log context, the services, the client address."""
+
+    route: str = "unmatched"
+    current_user_id: str | None = None
+    _correlation_id: str | None = None
+
+    def __init__(self, application: Any, request: Any, route: str = "unmatched", **kwargs: Any) -> None:
+        self.route = route
+        self._response_bytes = 0
+        super().__init__(application, request, **kwargs)  # type: ignore[call-arg]
+
+    @property
+    def services(self) -> Services:
+        return self.settings["services"]  # type: ignore[attr-defined]
+
+    @property
+    def config(self) -> Settings:
+        return self.settings["config"]  # type: ignore[attr-defined]
+
+    @property
+    def correlation_id(self) -> str:
+        if self._correlation_id is None:
+            self._correlation_id = request_correlation_id(self.request.headers)  # type: ignore[attr-defined]
+        return self._correlation_id
+
+    @property
+    def client_ip(self) -> str:
+        request = self.request  # type: ignore[attr-defined]
+        return client_ip(request.remote_ip, request.headers.get("X-Forwarded-For"), self.config.trusted_proxies)
+
+    async def _execute(self, transforms: Any, *args: Any, **kwargs: Any) -> None:
+        # Tornado runs each request's _execute in a task of its own, so context bound here
+        # belongs to this request and to every task it spawns, and to no other request.
+        context = {"correlation_id": self.correlation_id}
+        trace_id = request_trace_id(self.request.headers)  # type: ignore[attr-defined]
+        if trace_id:
+            context["trace_id"] = trace_id
+        bind_context(**context)
+        metrics = self.services.metrics
+        metrics.http_requests_in_flight.inc()
+        try:
+            await super()._execute(transforms, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            metrics.http_requests_in_flight.dec()
+
+
+class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
+    """Base of every REST handler: JSON in, JSON out, JSON errors."""
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+        for name, value in _SECURITY_HEADERS.items():
+            self.set_header(name, value)
+        if self.config.production:
+            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        self.set_header("X-Correlation-Id", self.correlation_id)
+
+    def write(self, chunk: str | bytes | dict) -> None:  # type: ignore[override]
+        if isinstance(chunk, str):
+            chunk = chunk.encode()
+        if isinstance(chunk, bytes):
+            self._response_bytes += len(chunk)
+        super().write(chunk)
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.write(orjson.dumps(payload, default=str))
+
+    def get_json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object; 415, 413 or 400 (with the position) otherwise."""
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.split(";", 1)[0].strip().lower() != "application/json":
+            raise APIError(415, message="expected Content-Type: application/json")
+        body = self.request.body
+        if len(body) > self.config.max_body_size:
+            raise APIError(413, message=f"request body over {self.config.max_body_size} bytes")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise APIError(
+                400, "malformed_json", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                position=exc.pos,
+            ) from None
+        if not isinstance(payload, dict):
+            raise APIError(400, "malformed_json", "expected a JSON object")
+        return payload
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        error: dict[str, Any] = {"status": status_code}
+        if isinstance(exc, APIError):
+            error.update(code=exc.code, message=exc.message, **exc.extra)
+        elif status_code >= 500:
+            # Never the exception's text: it can carry internals.
+            error.update(code=ERROR_CODES.get(status_code, "internal"), message="internal error")
+        else:
+            error.update(
+                code=ERROR_CODES.get(status_code, "error"),
+                message=self._reason or http.client.responses.get(status_code, "error"),
+            )
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        error["correlation_id"] = self.correlation_id
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps({"error": error}))
+
+    def allowed_methods(self) -> list[str]:
+        base = tornado.web.RequestHandler
+        return [
+            m for m in self.SUPPORTED_METHODS
+            if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)
+        ]
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            if value.status_code >= 500 or value.log_message:
+                app_log.warning(
+                    "%s %s -> %d %s", self.request.method, self.route, value.status_code,
+                    getattr(value, "message", value.log_message) or "",
+                )
+            return
+        app_log.error(
+            "unhandled error in %s %s", self.request.method, self.route, exc_info=(typ, value, tb),
+            extra={"route": self.route},
+        )
+
+
+class NotFoundHandler(APIHandler):
+    """Any path no route matches: a JSON 404, whatever the method."""
+
+    def prepare(self) -> None:
+        raise APIError(404, message=f"no such endpoint: {self.request.method} {self.request.path}")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log line and the HTTP metrics: one per request, level by status."""
+    status = handler.get_status()
+    request = handler.request
+    duration = request.request_time()
+    route = getattr(handler, "route", "unmatched")
+    services = handler.settings["services"]
+    config = handler.settings["config"]
+    metrics = services.metrics
+    metrics.http_requests.labels(request.method, route, str(status)).inc()
+    metrics.http_request_duration.labels(request.method, route).observe(duration)
+    duration_ms = round(duration * 1000, 2)
+    slow = duration_ms >= config.slow_request_threshold
+    if status < 400:
+        level = logging.WARNING if slow else logging.INFO
+    elif status < 500:
+        level = logging.WARNING
+    else:
+        level = logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return
+    path = redact_text(request.uri or "")
+    fields = {
+        "method": request.method,
+        "route": route,
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
+        "bytes": getattr(handler, "_response_bytes", 0),
+        "remote_ip": client_ip(request.remote_ip, request.headers.get("X-Forwarded-For"), config.trusted_proxies),
+        "user_id": getattr(handler, "current_user_id", None),
+        "user_agent": request.headers.get("User-Agent"),
+        "slow": slow,
+    }
+    access_log.log(level, "%s %s %d %.1fms", request.method, path, status, duration_ms, extra=fields)

@@ -1,0 +1,106 @@
+"""The real app on an unused port, in the test's own event loop, and clients for it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.netutil import bind_sockets
+
+from mangu.app import make_app, make_server
+from mangu.config import Settings, load_settings
+from mangu.log import JsonFormatter
+from mangu.services import Services
+
+TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings as the server would read them from an environment of ``overrides``."""
+    environ = {
+        "MANGU_ENV": "test",
+        "PORT": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "DEBUG",
+        "JWT_SECRET": TEST_SECRET,
+    }
+    environ.update({key: str(value) for key, value in overrides.items() if value is not None})
+    for key, value in overrides.items():
+        if value is None:
+            environ.pop(key, None)
+    return load_settings(environ)
+
+
+class RunningApp:
+    """Services + app + HTTP server listening on 127.0.0.1:<unused port>."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services = Services(settings)
+        self.server: Any = None
+        self.port = 0
+
+    async def start(self) -> RunningApp:
+        await self.services.start()
+        self.app = make_app(self.settings, self.services)
+        self.server = make_server(self.app, self.settings)
+        sockets = bind_sockets(0, "127.0.0.1")
+        self.server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            await self.server.close_all_connections()
+            self.server = None
+        await self.services.close()
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ws_url(self, path: str = "/ws") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def fetch(self, path: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None,
+                    **kwargs: Any) -> HTTPResponse:
+        """A real HTTP request; never raises for an error status."""
+        headers = dict(headers or {})
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        client = AsyncHTTPClient(max_clients=500)
+        return await client.fetch(
+            self.url(path), method=method, body=body, headers=headers, raise_error=False,
+            allow_nonstandard_methods=True, request_timeout=30, **kwargs,
+        )
+
+
+def json_body(response: HTTPResponse) -> Any:
+    return json.loads(response.body)
+
+
+class LogCapture(logging.Handler):
+    """Every log record, formatted by the server's JSON formatter and parsed back."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+    def find(self, **fields: Any) -> list[dict[str, Any]]:
+        return [r for r in self.records if all(r.get(k) == v for k, v in fields.items())]
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
