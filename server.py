@@ -19,7 +19,7 @@ from tornado.netutil import bind_sockets
 from mangu import __version__
 from mangu.app import make_app, make_server
 from mangu.config import EX_CONFIG, ConfigError, Settings, load_settings
-from mangu.log import configure_logging, flush_logs
+from mangu.log import configure_logging, flush_logs, reopen_log_files
 from mangu.services import Services
 
 log = logging.getLogger("mangu.server")
@@ -49,6 +49,7 @@ async def main(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reopen_logs)
     await stop.wait()
 
     log.info("shutting down")
@@ -57,6 +58,11 @@ async def main(settings: Settings) -> int:
     await services.close()
     log.info("stopped")
     return 0
+
+
+def _reopen_logs() -> None:
+    reopen_log_files()
+    log.info("log files reopened")
 
 
 def run(argv: list[str] | None = None) -> int:

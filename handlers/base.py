@@ -134,6 +134,9 @@ class MaguHandlerMixin:
 class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
     """Base of every REST handler: JSON in, JSON out, JSON errors."""
 
+    # The rate-limit tier of this handler's requests; None exempts it (probes, metrics).
+    rate_limit: str | None = "general"
+
     def set_default_headers(self) -> None:
         self.clear_header("Server")
         for name, value in _SECURITY_HEADERS.items():

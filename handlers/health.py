@@ -10,6 +10,8 @@ from handlers.base import APIHandler
 class PingHandler(APIHandler):
     """``GET /ping`` → ``pong`` (text/plain): the cheapest sign of life."""
 
+    rate_limit = None
+
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.write("pong")
@@ -17,6 +19,8 @@ class PingHandler(APIHandler):
 
 class LiveHandler(APIHandler):
     """Liveness: 200 while the event loop answers. It never checks dependencies."""
+
+    rate_limit = None
 
     def get(self) -> None:
         services = self.services
