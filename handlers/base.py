@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import tornado.web
 
+from mangu.auth import AuthError, Principal
 from mangu.clientip import client_ip
 from mangu.log import bind_context, redact_text
 
@@ -58,11 +59,13 @@ _SECURITY_HEADERS = {
 class APIError(tornado.web.HTTPError):
     """An error answered as JSON: status, a stable code, a message for humans, extra fields."""
 
-    def __init__(self, status: int, code: str | None = None, message: str | None = None, **extra: Any) -> None:
+    def __init__(self, status: int, code: str | None = None, message: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         reason = http.client.responses.get(status, "Unknown")
         super().__init__(status, None, reason=reason)
         self.code = code or ERROR_CODES.get(status, "error")
         self.message = message or reason
+        self.headers = headers or {}  # set on the error response (send_error clears earlier ones)
         self.extra = extra
 
 
@@ -145,6 +148,36 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
             self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         self.set_header("X-Correlation-Id", self.correlation_id)
 
+    def get_current_user(self) -> Principal | None:
+        """The principal of a valid ``Authorization: Bearer`` token; None when absent or invalid
+        (``require_user`` tells the two apart)."""
+        try:
+            return self._authenticate()
+        except AuthError:
+            return None
+
+    def _authenticate(self) -> Principal:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthError("missing", "an Authorization: Bearer token is required")
+        principal = self.services.tokens.verify(token.strip())
+        self.current_user_id = principal.user_id
+        return principal
+
+    def require_user(self, *roles: str) -> Principal:
+        """The caller's principal; 401 without a valid token, 403 without one of ``roles``."""
+        try:
+            principal = self._authenticate()
+        except AuthError as exc:
+            raise APIError(
+                401, "token_expired" if exc.reason == "expired" else "unauthorized", exc.message,
+                headers={"WWW-Authenticate": 'Bearer realm="mangu"'},
+            ) from None
+        if roles and not principal.has_role(*roles):
+            raise APIError(403, "forbidden", f"requires the {' or '.join(roles)} role")
+        return principal
+
     def write(self, chunk: str | bytes | dict) -> None:  # type: ignore[override]
         if isinstance(chunk, str):
             chunk = chunk.encode()
@@ -181,6 +214,8 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         error: dict[str, Any] = {"status": status_code}
         if isinstance(exc, APIError):
             error.update(code=exc.code, message=exc.message, **exc.extra)
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif status_code >= 500:
             # Never the exception's text: it can carry internals.
             error.update(code=ERROR_CODES.get(status_code, "internal"), message="internal error")

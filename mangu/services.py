@@ -13,6 +13,7 @@ import socket
 import time
 
 from mangu import __version__
+from mangu.auth import TokenAuthority
 from mangu.config import Settings
 from mangu.metrics import Metrics
 
@@ -35,6 +36,7 @@ class Services:
         self.metrics = Metrics(version=__version__)
         self.started_at = time.time()
         self.state = STARTING
+        self.tokens = TokenAuthority(settings)
 
     @property
     def draining(self) -> bool:
