@@ -88,11 +88,13 @@ def request_trace_id(headers: Any) -> str | None:
 
 class MaguHandlerMixin:
     """What every handler of this server shares, HTTP or WebSocket: the route template,
-    the request's correlation id bound to the log context, the services, the client address."""
+    the request's correlation id bound to the log context, the services, the client address,
+    security headers, and JSON errors."""
 
     route: str = "unmatched"
     current_user_id: str | None = None
     _correlation_id: str | None = None
+    _in_flight = False
 
     def __init__(self, application: Any, request: Any, route: str = "unmatched", **kwargs: Any) -> None:
         self.route = route
@@ -126,19 +128,19 @@ class MaguHandlerMixin:
         if trace_id:
             context["trace_id"] = trace_id
         bind_context(**context)
-        metrics = self.services.metrics
-        metrics.http_requests_in_flight.inc()
+        self.services.metrics.http_requests_in_flight.inc()
+        self._in_flight = True
         try:
             await super()._execute(transforms, *args, **kwargs)  # type: ignore[misc]
         finally:
-            metrics.http_requests_in_flight.dec()
+            self.request_done()
 
-
-class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
-    """Base of every REST handler: JSON in, JSON out, JSON errors."""
-
-    # The rate-limit tier of this handler's requests; None exempts it (probes, metrics).
-    rate_limit: str | None = "general"
+    def request_done(self) -> None:
+        """Stop counting this request as in flight (at its end, or at a WebSocket upgrade:
+        the connection that follows is not an HTTP request)."""
+        if self._in_flight:
+            self._in_flight = False
+            self.services.metrics.http_requests_in_flight.dec()
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
@@ -147,36 +149,6 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         if self.config.production:
             self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         self.set_header("X-Correlation-Id", self.correlation_id)
-
-    def get_current_user(self) -> Principal | None:
-        """The principal of a valid ``Authorization: Bearer`` token; None when absent or invalid
-        (``require_user`` tells the two apart)."""
-        try:
-            return self._authenticate()
-        except AuthError:
-            return None
-
-    def _authenticate(self) -> Principal:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            raise AuthError("missing", "an Authorization: Bearer token is required")
-        principal = self.services.tokens.verify(token.strip())
-        self.current_user_id = principal.user_id
-        return principal
-
-    def require_user(self, *roles: str) -> Principal:
-        """The caller's principal; 401 without a valid token, 403 without one of ``roles``."""
-        try:
-            principal = self._authenticate()
-        except AuthError as exc:
-            raise APIError(
-                401, "token_expired" if exc.reason == "expired" else "unauthorized", exc.message,
-                headers={"WWW-Authenticate": 'Bearer realm="mangu"'},
-            ) from None
-        if roles and not principal.has_role(*roles):
-            raise APIError(403, "forbidden", f"requires the {' or '.join(roles)} role")
-        return principal
 
     def write(self, chunk: str | bytes | dict) -> None:  # type: ignore[override]
         if isinstance(chunk, str):
@@ -189,25 +161,6 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.write(orjson.dumps(payload, default=str))
-
-    def get_json_body(self) -> dict[str, Any]:
-        """The request body as a JSON object; 415, 413 or 400 (with the position) otherwise."""
-        content_type = self.request.headers.get("Content-Type", "")
-        if content_type.split(";", 1)[0].strip().lower() != "application/json":
-            raise APIError(415, message="expected Content-Type: application/json")
-        body = self.request.body
-        if len(body) > self.config.max_body_size:
-            raise APIError(413, message=f"request body over {self.config.max_body_size} bytes")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise APIError(
-                400, "malformed_json", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-                position=exc.pos,
-            ) from None
-        if not isinstance(payload, dict):
-            raise APIError(400, "malformed_json", "expected a JSON object")
-        return payload
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -249,6 +202,62 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
             "unhandled error in %s %s", self.request.method, self.route, exc_info=(typ, value, tb),
             extra={"route": self.route},
         )
+
+
+class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
+    """Base of every REST handler: JSON in, JSON out, JSON errors."""
+
+    # The rate-limit tier of this handler's requests; None exempts it (probes, metrics).
+    rate_limit: str | None = "general"
+
+    def get_current_user(self) -> Principal | None:
+        """The principal of a valid ``Authorization: Bearer`` token; None when absent or invalid
+        (``require_user`` tells the two apart)."""
+        try:
+            return self._authenticate()
+        except AuthError:
+            return None
+
+    def _authenticate(self) -> Principal:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthError("missing", "an Authorization: Bearer token is required")
+        principal = self.services.tokens.verify(token.strip())
+        self.current_user_id = principal.user_id
+        return principal
+
+    def require_user(self, *roles: str) -> Principal:
+        """The caller's principal; 401 without a valid token, 403 without one of ``roles``."""
+        try:
+            principal = self._authenticate()
+        except AuthError as exc:
+            raise APIError(
+                401, "token_expired" if exc.reason == "expired" else "unauthorized", exc.message,
+                headers={"WWW-Authenticate": 'Bearer realm="mangu"'},
+            ) from None
+        if roles and not principal.has_role(*roles):
+            raise APIError(403, "forbidden", f"requires the {' or '.join(roles)} role")
+        return principal
+
+    def get_json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object; 415, 413 or 400 (with the position) otherwise."""
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.split(";", 1)[0].strip().lower() != "application/json":
+            raise APIError(415, message="expected Content-Type: application/json")
+        body = self.request.body
+        if len(body) > self.config.max_body_size:
+            raise APIError(413, message=f"request body over {self.config.max_body_size} bytes")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise APIError(
+                400, "malformed_json", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                position=exc.pos,
+            ) from None
+        if not isinstance(payload, dict):
+            raise APIError(400, "malformed_json", "expected a JSON object")
+        return payload
 
 
 class NotFoundHandler(APIHandler):

@@ -1,0 +1,125 @@
+"""The one place that reaches into Tornado's WebSocket protocol object.
+
+Tornado has no public call to send an already-framed message: ``write_message`` frames,
+copies and wraps every write in a task of its own, which is most of the cost of a fan-out.
+A room message is framed once here and the same bytes are written to every member's
+stream, keeping Tornado's byte counters. When permessage-deflate was negotiated (each
+connection has its own compression context) the normal path is used.
+
+The protocol subclass also validates the close codes clients send (RFC 6455 7.4: an
+invalid code is answered with 1002) and answers invalid UTF-8 with 1007 instead of a bare
+disconnect.
+
+tests/test_frames.py pins this behaviour; SUPPORTED_TORNADO lists the versions it is
+tested with, and the server refuses to start on others.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import tornado
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+
+from mangu.realtime.protocol import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, valid_close_code
+
+SUPPORTED_TORNADO = ((6, 5), (6, 6))
+
+_FIN_TEXT = 0x80 | 0x1
+
+
+def tornado_supported(version: tuple[int, ...] = tornado.version_info) -> bool:
+    return tuple(version[:2]) in SUPPORTED_TORNADO
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final text frame (server to client) carrying ``payload``."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", _FIN_TEXT, n)
+    elif n <= 0xFFFF:
+        header = struct.pack("!BBH", _FIN_TEXT, 126, n)
+    else:
+        header = struct.pack("!BBQ", _FIN_TEXT, 127, n)
+    return header + payload
+
+
+class SlowConsumer(Exception):
+    """The connection's send queue is over its bound."""
+
+
+def write_frame(protocol: Any, frame: bytes, payload: bytes, max_frames: int) -> None:
+    """Queue one pre-built frame on a connection.
+
+    ``frame`` is ``text_frame(payload)``. Raises WebSocketClosedError when the connection is
+    gone and SlowConsumer when its queue is over ``max_frames`` frames or over the stream's
+    ``max_write_buffer_size`` bytes.
+    """
+    if protocol is None or protocol.is_closing():
+        raise WebSocketClosedError()
+    if protocol._compressor is not None:
+        protocol.write_message(payload)
+        return
+    stream = protocol.stream
+    # Frames queued since the stream's buffer was last empty: an upper bound of the queue.
+    if stream.writing():
+        protocol.mangu_queued_frames += 1
+        if protocol.mangu_queued_frames > max_frames:
+            raise SlowConsumer()
+    else:
+        protocol.mangu_queued_frames = 1
+    try:
+        stream.write(frame)
+    except StreamBufferFullError:
+        raise SlowConsumer() from None
+    except StreamClosedError:
+        raise WebSocketClosedError() from None
+    protocol._message_bytes_out += len(payload)
+    protocol._wire_bytes_out += len(frame)
+
+
+def lift_write_bound(protocol: Any) -> None:
+    """Let a close frame through on a connection whose queue overflowed."""
+    if protocol is not None and getattr(protocol, "stream", None) is not None:
+        protocol.stream.max_write_buffer_size = None
+
+
+def queued_bytes(protocol: Any) -> int:
+    """Bytes waiting in the connection's write buffer (for tests and the slow-consumer log)."""
+    stream = getattr(protocol, "stream", None)
+    return len(stream._write_buffer) if stream is not None else 0
+
+
+class ServerProtocol(WebSocketProtocol13):
+    """WebSocketProtocol13 with close-code and UTF-8 validation."""
+
+    mangu_queued_frames = 0
+
+    def _handle_message(self, opcode: int, data: bytes) -> Any:
+        if self.client_terminated:
+            return None
+        if opcode == 0x8:
+            code = struct.unpack(">H", data[:2])[0] if len(data) >= 2 else None
+            if len(data) == 1 or (code is not None and not valid_close_code(code)):
+                return self._fail(CLOSE_PROTOCOL_ERROR, "invalid close code", code)
+            if len(data) > 2:
+                try:
+                    data[2:].decode("utf-8")
+                except UnicodeDecodeError:
+                    return self._fail(CLOSE_INVALID_DATA, "invalid UTF-8 in close reason", code)
+        elif opcode == 0x1 and not self._frame_compressed:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return self._fail(CLOSE_INVALID_DATA, "invalid UTF-8 in text frame", None)
+        return super()._handle_message(opcode, data)
+
+    def _fail(self, code: int, reason: str, received: int | None) -> None:
+        self.client_terminated = True
+        self.close_code = received
+        self.close_reason = reason
+        self.close(code, reason)
+        self.handler.mangu_close_sent = code
+        return None
