@@ -109,6 +109,19 @@ class WSClient:
             lambda f: f["event"] == event and all(f.get("data", {}).get(k) == v for k, v in fields.items()), timeout
         )
 
+    async def wait_count(self, event: str, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """Wait until ``count`` frames of ``event`` have arrived; their data."""
+        deadline = time.monotonic() + timeout
+        while len(self.received(event)) < count:
+            if self._closed.is_set() or time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.received(event))} of {count} {event} frames")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                pass
+        return self.received(event)
+
     def received(self, event: str) -> list[dict[str, Any]]:
         return [f["data"] for f in self.events if f["event"] == event]
 
