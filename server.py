@@ -36,6 +36,12 @@ async def main(settings: Settings) -> int:
     await services.start()
     app = make_app(settings, services)
     server = make_server(app, settings)
+    # Signals first: whoever sees the "listening" line may signal at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reopen_logs)
     sockets = bind_sockets(settings.port, settings.host, backlog=1024)
     server.add_sockets(sockets)
     host, port = sockets[0].getsockname()[:2]
@@ -44,12 +50,6 @@ async def main(settings: Settings) -> int:
         extra={"version": __version__, "env": settings.mangu_env, "address": f"{host}:{port}",
                "node_id": services.node_id},
     )
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reopen_logs)
     await stop.wait()
 
     log.info("shutting down")

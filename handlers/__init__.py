@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 
-def routes() -> list[tuple[Any, ...]]:
-    from handlers import health
+def routes(settings: Any) -> list[tuple[Any, ...]]:
+    from handlers import health, socket
 
+    modules = [health]
+    if settings.enable_websocket:
+        modules.append(socket)
     collected: list[tuple[Any, ...]] = []
-    for module in (health,):
+    for module in modules:
         collected.extend(module.default_handlers)
     return collected

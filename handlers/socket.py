@@ -20,6 +20,7 @@ from mangu.db import DatabaseUnavailable
 from mangu.ratelimit.bucket import TokenBucket
 from mangu.realtime import frames
 from mangu.realtime import protocol as p
+from mangu.store.errors import ValidationError
 
 log = logging.getLogger("mangu.socket")
 
@@ -201,6 +202,9 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
         except p.ProtocolError as exc:
             exc.ref = frame.ref
             self._reject(exc)
+        except ValidationError as exc:
+            field = next(iter(exc.fields), None)
+            self._reject(p.ProtocolError(p.E_INVALID_PAYLOAD, str(exc), frame.ref, field=field))
         except DatabaseUnavailable:
             self._send(p.error(p.E_UNAVAILABLE, "storage is unavailable; try again shortly", frame.ref,
                                retry_after_ms=1000))
@@ -246,7 +250,7 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
             to = p.user_field(frame, "to")
             message = await hub.send_direct(self, to, p.text_field(frame), p.client_msg_id_field(frame))
             self._ack(frame, {"id": message["id"], "seq": message["seq"], "ts": message["ts"],
-                              "conversation": message["room"]})
+                              "conversation": message["conversation"]})
         elif event == p.HISTORY_FETCH:
             await self._history(frame)
         elif event == p.PRESENCE_UPDATE:

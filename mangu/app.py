@@ -27,7 +27,7 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
     from handlers.base import NotFoundHandler, log_request
 
     rules = []
-    for pattern, handler, *rest in handlers.routes():
+    for pattern, handler, *rest in handlers.routes(settings):
         kwargs: dict[str, Any] = dict(rest[0]) if rest else {}
         kwargs["route"] = route_template(pattern)
         rules.append((pattern, handler, kwargs))

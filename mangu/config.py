@@ -227,6 +227,8 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("DATABASE_STATEMENT_TIMEOUT", _int(100, 600_000), "30000", "ms limit on one operation"),
     _Var("SLOW_QUERY_THRESHOLD", _int(0, 3_600_000), "1000", "ms after which a command is logged slow"),
     _Var("ENABLE_QUERY_LOGGING", _bool, "false", "log every database command at debug level"),
+    _Var("DATABASE_HEARTBEAT_INTERVAL", _int(500, 600_000), "1000",
+         "ms between driver checks of each MongoDB server (how soon an outage or recovery is seen)"),
     # auth
     _Var("JWT_SECRET", _text, None, "HMAC secret for HS* tokens (32+ bytes in production)"),
     _Var("JWT_PUBLIC_KEY_FILE", _readable_file, None, "PEM public key for RS*/ES* tokens"),
@@ -311,6 +313,7 @@ class Settings:
     database_statement_timeout: int
     slow_query_threshold: int
     enable_query_logging: bool
+    database_heartbeat_interval: int
     jwt_secret: str | None = field(repr=False)
     jwt_public_key_file: str | None
     jwt_private_key_file: str | None

@@ -137,6 +137,11 @@ class Metrics:
             "health_check_status", "Last deep-health result per check: 1 pass, 0.5 warn, 0 fail.", ("check",)
         )
 
+        # -- database layer: calls refused without reaching MongoDB (a degraded mode)
+        self.db_calls_refused = counter(
+            "db_calls_refused", "Database calls refused at once because MongoDB was known to be down."
+        )
+
     def labelled_command(self, command: str) -> str:
         return command if command in DB_COMMANDS else "other"
 

@@ -11,11 +11,18 @@ import os
 import secrets
 import socket
 import time
+from pathlib import Path
 
 from mangu import __version__
 from mangu.auth import TokenAuthority
 from mangu.config import Settings
+from mangu.db import Database
+from mangu.embedded_mongo import EmbeddedMongo, EmbeddedMongoError
 from mangu.metrics import Metrics
+from mangu.realtime.hub import Hub
+from mangu.store.books import BookStore
+from mangu.store.messages import MessageStore
+from mangu.store.users import UserStore
 
 log = logging.getLogger("mangu.services")
 
@@ -37,6 +44,16 @@ class Services:
         self.started_at = time.time()
         self.state = STARTING
         self.tokens = TokenAuthority(settings)
+        # -- database (MongoDB, or the embedded development one) and its stores
+        self.embedded_mongo = (
+            EmbeddedMongo(Path(settings.data_dir) / "mongo") if settings.embedded_mongodb else None
+        )
+        self.db = Database(settings, self.metrics)
+        self.messages = MessageStore(self.db)
+        self.users = UserStore(self.db)
+        self.books = BookStore(self.db)
+        # -- realtime
+        self.hub = Hub(settings, self.metrics, self.node_id, messages=self.messages)
 
     @property
     def draining(self) -> bool:
@@ -44,8 +61,22 @@ class Services:
 
     async def start(self) -> None:
         """Connect what there is to connect; never blocks on a dependency that is down."""
+        await self._start_database()
         self.state = READY
+
+    async def _start_database(self) -> None:
+        url: str | None = self.settings.mongodb_url
+        if self.embedded_mongo is not None:
+            try:
+                url = await self.embedded_mongo.start()
+            except (EmbeddedMongoError, OSError) as exc:
+                log.error("embedded MongoDB did not start: %s", exc, extra={"error": type(exc).__name__})
+                url = None
+        await self.db.start(url)
 
     async def close(self) -> None:
         """Release every connection and background task."""
         self.state = STOPPED
+        await self.db.close()
+        if self.embedded_mongo is not None:
+            await self.embedded_mongo.stop()

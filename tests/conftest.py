@@ -102,11 +102,18 @@ def log_capture() -> Iterator[LogCapture]:
 
 
 @pytest.fixture
-async def start_app() -> AsyncIterator[Callable[..., Any]]:
-    """``await start_app(VAR=value, ...)``: the real app on an unused port with those settings."""
+async def start_app(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_app(VAR=value, ...)``: the real app on an unused port with those settings.
+
+    Unless ``MONGODB_URL`` is given, it uses ``mongo_url`` (the session's nx-27017, or
+    MONGODB_URL) with a database of this test's own.
+    """
     apps: list[RunningApp] = []
 
     async def start(**overrides: Any) -> RunningApp:
+        if "MONGODB_URL" not in overrides:
+            overrides["MONGODB_URL"] = request.getfixturevalue("mongo_url")
+            overrides.setdefault("MONGODB_DB", request.getfixturevalue("mongo_db"))
         app = await RunningApp(make_settings(**overrides)).start()
         apps.append(app)
         return app
@@ -120,5 +127,5 @@ async def start_app() -> AsyncIterator[Callable[..., Any]]:
 
 @pytest.fixture
 async def app(start_app: Callable[..., Any]) -> RunningApp:
-    """The app with test defaults (no Redis, no database)."""
+    """The app with test defaults: no Redis; the session's nx-27017 with a database of its own."""
     return await start_app()

@@ -19,6 +19,7 @@ from mangu.metrics import Metrics
 from mangu.realtime import protocol as p
 from mangu.realtime.frames import text_frame
 from mangu.realtime.presence import OFFLINE, LocalPresence, Presence
+from mangu.store.messages import conversation_id
 
 log = logging.getLogger("mangu.realtime")
 
@@ -44,6 +45,15 @@ RoomPolicy = Callable[[Any, str], bool]
 def default_room_policy(principal: Any, room: str) -> bool:
     """Any valid room name except the reserved prefixes (``user:``, ``_``, ``dm:``)."""
     return not room.startswith(p.RESERVED_ROOM_PREFIXES)
+
+
+def direct_event(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored direct message as clients see it: the conversation, sender and recipient."""
+    return {
+        "id": stored["id"], "conversation": stored["room"], "seq": stored["seq"], "sender": stored["sender"],
+        "to": stored.get("recipient"), "text": stored["text"], "ts": stored["ts"],
+        "client_msg_id": stored.get("client_msg_id"),
+    }
 
 
 class _Typing:
@@ -172,7 +182,8 @@ class Hub:
     async def send_direct(self, peer: Any, to: str, text: str, client_msg_id: str | None) -> dict[str, Any]:
         """Store a direct message, deliver it to every connection of the recipient and to
         the sender's other connections."""
-        message, created = await self.messages.append_direct(peer.user_id, to, text, client_msg_id)
+        stored, created = await self.messages.append_direct(peer.user_id, to, text, client_msg_id)
+        message = direct_event(stored)
         if created:
             payload = p.encode(p.MESSAGE_DIRECT, message)
             recipients = set(self._users.get(to, ())) | self._users.get(peer.user_id, set())
@@ -183,8 +194,10 @@ class Hub:
     async def history(self, principal: Any, room: str | None, with_user: str | None, before: int | None,
                       after: int | None, limit: int) -> list[dict[str, Any]]:
         if with_user is not None:
-            return await self.messages.direct_history(principal.user_id, with_user, before=before, after=after,
-                                                      limit=limit)
+            messages = await self.messages.history(
+                conversation_id(principal.user_id, with_user), before=before, after=after, limit=limit
+            )
+            return [direct_event(m) for m in messages]
         assert room is not None
         if not self.room_policy(principal, room):
             raise p.ProtocolError(p.E_FORBIDDEN, f"reading {room!r} is not allowed")

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -66,7 +67,7 @@ class ChildProcess:
     def start(self, timeout: float = 20.0) -> ChildProcess:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
         self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT
         )
         wait_until(lambda: self.proc.poll() is not None or self.ready(), timeout, what=f"{self.name} to start")
         if self.proc.poll() is not None:
@@ -135,7 +136,12 @@ class RedisProcess(ChildProcess):
 
 
 class MongoProcess(ChildProcess):
-    """nx-27017: a MongoDB wire-protocol server on SQLite, with its data in ``data_dir``."""
+    """nx-27017: a MongoDB wire-protocol server on SQLite, with its data in ``data_dir``.
+
+    Started through the server's own launcher (``python -m mangu.embedded_mongo``): quiet
+    logs, its pid file in ``data_dir`` (nx-27017's default is one shared /tmp file), and it
+    dies with the test process even when that is killed.
+    """
 
     name = "nx-27017"
 
@@ -145,7 +151,11 @@ class MongoProcess(ChildProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
-        return [PYTHON, "-m", "nx_27017", "--host", "127.0.0.1", "-p", str(self.port), "--data-dir", str(self.data_dir)]
+        return [
+            PYTHON, "-m", "mangu.embedded_mongo", str(os.getpid()), "--host", "127.0.0.1", "-p", str(self.port),
+            "--data-dir", str(self.data_dir), "--pid-file", str(self.data_dir / "nx-27017.pid"),
+            "--log-file", os.devnull,
+        ]
 
     @property
     def url(self) -> str:
@@ -157,6 +167,10 @@ class ServerProcess:
 
     def __init__(self, env: dict[str, str], args: list[str] | None = None, cwd: Path = ROOT) -> None:
         self.env = {**os.environ, **env}
+        # Each server writes (the embedded MongoDB's files) under a DATA_DIR of its own.
+        self._data_dir = None if "DATA_DIR" in env else tempfile.mkdtemp(prefix="mangu-data-")
+        if self._data_dir:
+            self.env["DATA_DIR"] = self._data_dir
         self.args = args or []
         self.cwd = cwd
         self.lines: list[str] = []
@@ -235,6 +249,8 @@ class ServerProcess:
         for reader in (self._reader, getattr(self, "_stderr_reader", None)):
             if reader is not None:
                 reader.join(5)
+        if self._data_dir:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
 
     def stop(self) -> int | None:
         if self.proc is None:
