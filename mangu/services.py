@@ -16,6 +16,7 @@ from mangu import __version__
 from mangu.auth import TokenAuthority
 from mangu.config import Settings
 from mangu.metrics import Metrics
+from mangu.ratelimit import RateLimiter
 
 log = logging.getLogger("mangu.services")
 
@@ -37,6 +38,7 @@ class Services:
         self.started_at = time.time()
         self.state = STARTING
         self.tokens = TokenAuthority(settings)
+        self.limiter = RateLimiter(settings, self.metrics)
 
     @property
     def draining(self) -> bool:
@@ -44,8 +46,10 @@ class Services:
 
     async def start(self) -> None:
         """Connect what there is to connect; never blocks on a dependency that is down."""
+        await self.limiter.start()
         self.state = READY
 
     async def close(self) -> None:
         """Release every connection and background task."""
+        await self.limiter.close()
         self.state = STOPPED
