@@ -14,6 +14,8 @@ import tornado.web
 from mangu.auth import AuthError, Principal
 from mangu.clientip import client_ip
 from mangu.log import bind_context, redact_text
+from mangu.ratelimit import Decision, Policy, RateLimitUnavailable
+from mangu.ratelimit.headers import response_headers, retry_after_seconds
 
 if TYPE_CHECKING:
     from mangu.config import Settings
@@ -95,6 +97,7 @@ class MaguHandlerMixin:
     current_user_id: str | None = None
     _correlation_id: str | None = None
     _in_flight = False
+    _rate_limit_headers: dict[str, str] = {}  # replaced per request (APIHandler), never mutated
 
     def __init__(self, application: Any, request: Any, route: str = "unmatched", **kwargs: Any) -> None:
         self.route = route
@@ -165,6 +168,8 @@ class MaguHandlerMixin:
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         error: dict[str, Any] = {"status": status_code}
+        for name, value in self._rate_limit_headers.items():  # send_error cleared them
+            self.set_header(name, value)
         if isinstance(exc, APIError):
             error.update(code=exc.code, message=exc.message, **exc.extra)
             for name, value in exc.headers.items():
@@ -205,10 +210,57 @@ class MaguHandlerMixin:
 
 
 class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
-    """Base of every REST handler: JSON in, JSON out, JSON errors."""
+    """Base of every REST handler: JSON in, JSON out, JSON errors, rate limits."""
 
-    # The rate-limit tier of this handler's requests; None exempts it (probes, metrics).
-    rate_limit: str | None = "general"
+    # The rate-limit tier of this handler's requests: "general", "strict", a Policy of its own
+    # (rate_limit = Policy("export", 10, 60_000)), or None to exempt it (probes, metrics).
+    rate_limit: str | Policy | None = "general"
+
+    # -- rate limiting (mangu.ratelimit): the handler's tier on every request, the auth tier on demand
+
+    _rate_limit_decisions: tuple[Decision, ...] = ()
+
+    async def prepare(self) -> None:
+        """Enforce this handler's rate-limit tier and the burst policy: 429 when spent.
+
+        A subclass that overrides ``prepare`` starts with ``await super().prepare()``.
+        """
+        limiter = self.services.limiter
+        if self.rate_limit is None or not limiter.enabled:
+            return
+        user = self.current_user if "Authorization" in self.request.headers else None
+        decision = await limiter.take_request(self.rate_limit, user.user_id if user else None, self.client_ip)
+        self._apply_rate_limit(decision)
+
+    async def limit_auth_attempt(self, username: str) -> None:
+        """Count one login attempt for the client address and for ``username`` (the auth tier).
+
+        429 when either is spent; 503 while Redis is down if RATE_LIMIT_AUTH_FAIL_CLOSED is set.
+        """
+        limiter = self.services.limiter
+        if not limiter.enabled:
+            return
+        try:
+            decision = await limiter.take_auth_attempt(self.client_ip, username)
+        except RateLimitUnavailable as exc:
+            retry = str(max(1, round(exc.retry_after)))
+            raise APIError(503, "unavailable", "login attempts cannot be counted right now; retry later",
+                           headers={"Retry-After": retry}) from None
+        self._apply_rate_limit(decision)
+
+    def _apply_rate_limit(self, decision: Decision) -> None:
+        self._rate_limit_decisions += (decision,)
+        self._rate_limit_headers = response_headers(self._rate_limit_decisions)
+        for name, value in self._rate_limit_headers.items():
+            self.set_header(name, value)
+        if not decision.allowed:
+            policy = decision.refused_by
+            assert policy is not None
+            retry = retry_after_seconds(decision)
+            raise APIError(
+                429, "rate_limited", f"too many requests ({policy.name} limit); retry in {retry}s",
+                headers={"Retry-After": str(retry)}, policy=policy.name, retry_after=retry,
+            )
 
     def get_current_user(self) -> Principal | None:
         """The principal of a valid ``Authorization: Bearer`` token; None when absent or invalid
@@ -263,7 +315,8 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
 class NotFoundHandler(APIHandler):
     """Any path no route matches: a JSON 404, whatever the method."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        await super().prepare()  # scanning for endpoints spends the general tier too
         raise APIError(404, message=f"no such endpoint: {self.request.method} {self.request.path}")
 
 

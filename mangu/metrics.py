@@ -33,6 +33,8 @@ DB_COMMANDS = frozenset(
 
 POOL_STATES = ("open", "in_use", "idle", "waiting")
 RATE_LIMIT_BACKENDS = ("redis", "memory")
+RATE_LIMIT_MEMORY_REASONS = ("redis_down", "overloaded")
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
@@ -113,6 +115,22 @@ class Metrics:
         for backend in RATE_LIMIT_BACKENDS:
             self.ratelimit_backend.labels(backend=backend)
             self.ratelimit_backend_transitions.labels(backend=backend)
+
+        # rate limiting: the limiter's own working (memory store, failover, coalesced Redis calls)
+        self.ratelimit_memory_buckets = gauge("ratelimit_memory_buckets", "Buckets held by the in-memory rate-limit store.")
+        self.ratelimit_memory_evictions = counter(
+            "ratelimit_memory_evictions", "In-memory buckets dropped because the store was full (least recently used)."
+        )
+        self.ratelimit_memory_answers = counter(
+            "ratelimit_memory_answers",
+            "Decisions answered from memory although Redis is configured, by reason (redis_down/overloaded).",
+            ("reason",),
+        )
+        for reason in RATE_LIMIT_MEMORY_REASONS:
+            self.ratelimit_memory_answers.labels(reason=reason)
+        self.ratelimit_redis_batch_size = histogram(
+            "ratelimit_redis_batch_size", "Requests decided by one coalesced EVALSHA.", buckets=_BATCH_BUCKETS
+        )
 
         # database
         self.db_command_duration = histogram(

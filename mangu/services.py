@@ -19,6 +19,7 @@ from mangu.config import Settings
 from mangu.db import Database
 from mangu.embedded_mongo import EmbeddedMongo, EmbeddedMongoError
 from mangu.metrics import Metrics
+from mangu.ratelimit import RateLimiter
 from mangu.realtime.hub import Hub
 from mangu.store.books import BookStore
 from mangu.store.messages import MessageStore
@@ -44,6 +45,7 @@ class Services:
         self.started_at = time.time()
         self.state = STARTING
         self.tokens = TokenAuthority(settings)
+        self.limiter = RateLimiter(settings, self.metrics)
         # -- database (MongoDB, or the embedded development one) and its stores
         self.embedded_mongo = (
             EmbeddedMongo(Path(settings.data_dir) / "mongo") if settings.embedded_mongodb else None
@@ -61,6 +63,7 @@ class Services:
 
     async def start(self) -> None:
         """Connect what there is to connect; never blocks on a dependency that is down."""
+        await self.limiter.start()
         await self._start_database()
         self.state = READY
 
@@ -76,6 +79,7 @@ class Services:
 
     async def close(self) -> None:
         """Release every connection and background task."""
+        await self.limiter.close()
         self.state = STOPPED
         await self.db.close()
         if self.embedded_mongo is not None:

@@ -1,0 +1,137 @@
+"""The token bucket in pure Python: one bucket (``TokenBucket``, also used for per-connection
+WebSocket message limits) and the bounded in-memory store of many (``MemoryBuckets``).
+
+A bucket holds up to ``capacity`` tokens and refills continuously at ``refill_per_second``;
+a take of ``cost`` tokens succeeds when that many are there. The Redis backend runs the same
+arithmetic in Lua, so both answer alike.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+_ALLOWED = (True, 0.0)  # shared: an allowed take allocates nothing
+
+
+class TokenBucket:
+    """One bucket. ``take`` is O(1) and allocation-free when it allows.
+
+    Times are seconds on any monotonic clock (``time.monotonic`` unless ``now`` is given).
+    """
+
+    __slots__ = ("capacity", "rate", "tokens", "stamp")
+
+    def __init__(self, capacity: float, refill_per_second: float, now: float | None = None) -> None:
+        if capacity <= 0 or refill_per_second <= 0:
+            raise ValueError("capacity and refill_per_second must be positive")
+        self.capacity = float(capacity)
+        self.rate = float(refill_per_second)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic() if now is None else now
+
+    def refill(self, now: float) -> float:
+        """Bring the bucket up to ``now`` and return the tokens in it."""
+        elapsed = now - self.stamp
+        if elapsed > 0:  # a clock that steps back never drains the bucket
+            tokens = self.tokens + elapsed * self.rate
+            self.tokens = tokens if tokens < self.capacity else self.capacity
+            self.stamp = now
+        return self.tokens
+
+    def take(self, cost: float = 1, now: float | None = None) -> tuple[bool, float]:
+        """Take ``cost`` tokens: (True, 0.0), or (False, seconds until they are there)."""
+        tokens = self.refill(time.monotonic() if now is None else now)
+        if tokens >= cost:
+            self.tokens = tokens - cost
+            return _ALLOWED
+        if cost > self.capacity:
+            return False, math.inf
+        return False, (cost - tokens) / self.rate
+
+    def full_at(self) -> float:
+        """The time at which the bucket is full again (it is then as good as new)."""
+        return self.stamp + (self.capacity - self.tokens) / self.rate
+
+
+class Quota(NamedTuple):
+    """One bucket's state after a take, as the response headers show it."""
+
+    remaining: int  # whole tokens left
+    reset: float  # seconds until the bucket is full again
+    retry_after: float  # seconds until the take could succeed; 0.0 when it had enough
+
+
+class MemoryBuckets:
+    """Buckets by key in this process, with bounded memory.
+
+    At most ``max_keys`` buckets are kept; the least recently used is dropped first (a
+    dropped bucket comes back full, as an expired Redis key does). Buckets that have refilled
+    completely are swept a few at a time on every take, so memory follows the live keys.
+    """
+
+    _SWEEP_PER_TAKE = 2
+
+    def __init__(self, max_keys: int, on_evict: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._on_evict = on_evict
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, buckets: Sequence[tuple[str, int, int]], cost: float = 1,
+             now: float | None = None) -> tuple[bool, list[Quota]]:
+        """Take ``cost`` from every bucket ``(key, capacity, window in ms)``, or from none.
+
+        The take is all-or-nothing, so a refused request spends nothing. Returns whether it
+        was allowed and one ``Quota`` per bucket, in order.
+        """
+        if now is None:
+            now = self._clock()
+        store = self._buckets
+        found: list[TokenBucket] = []
+        for key, capacity, window_ms in buckets:
+            bucket = store.get(key)
+            if bucket is None or bucket.capacity != capacity:
+                bucket = store[key] = TokenBucket(capacity, capacity * 1000 / window_ms, now)
+                if len(store) > self.max_keys:
+                    self._evict()
+            else:
+                store.move_to_end(key)
+            found.append(bucket)
+        allowed = True
+        for bucket in found:
+            if bucket.refill(now) < cost:
+                allowed = False
+        quotas = []
+        for bucket in found:
+            if allowed:
+                bucket.tokens -= cost
+            tokens = bucket.tokens
+            retry = 0.0 if tokens >= cost else (cost - tokens) / bucket.rate
+            quotas.append(Quota(int(tokens), (bucket.capacity - tokens) / bucket.rate, retry))
+        self._sweep(now)
+        return allowed, quotas
+
+    def _evict(self) -> None:
+        self._buckets.popitem(last=False)
+        if self._on_evict is not None:
+            self._on_evict()
+
+    def _sweep(self, now: float) -> None:
+        # The oldest buckets are the likeliest to have refilled; a full bucket is as good as
+        # none, so dropping it changes no answer.
+        store = self._buckets
+        for _ in range(self._SWEEP_PER_TAKE):
+            if not store:
+                return
+            key = next(iter(store))
+            if store[key].full_at() > now:
+                return
+            del store[key]

@@ -1,0 +1,42 @@
+"""The rate-limit response fields: IETF ``RateLimit-Policy`` / ``RateLimit`` (structured
+fields, one item per bucket consulted) and the widely used ``X-RateLimit-*`` trio.
+
+    RateLimit-Policy: "general";q=100;w=900, "burst";q=10;w=1
+    RateLimit: "general";r=57;t=412, "burst";r=9;t=1
+    X-RateLimit-Limit: 100   X-RateLimit-Remaining: 57   X-RateLimit-Reset: <epoch seconds>
+
+The ``X-RateLimit-*`` fields describe one bucket: the one that refused, else the first of
+the last decision (the endpoint's tier, or the auth tier after a login attempt).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from mangu.ratelimit.limiter import Decision
+
+
+def retry_after_seconds(decision: Decision) -> int:
+    """``Retry-After`` for a refused decision: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(decision.retry_after))
+
+
+def response_headers(decisions: Sequence[Decision], now: float | None = None) -> dict[str, str]:
+    """The fields for a response after ``decisions`` (in the order they were taken)."""
+    policies = []
+    quotas = []
+    for decision in decisions:
+        for policy, quota in zip(decision.policies, decision.quotas):
+            policies.append(f'"{policy.name}";q={policy.limit};w={policy.header_window}')
+            quotas.append(f'"{policy.name}";r={quota.remaining};t={math.ceil(quota.reset)}')
+    policy, quota = decisions[-1].primary
+    now = time.time() if now is None else now
+    return {
+        "RateLimit-Policy": ", ".join(policies),
+        "RateLimit": ", ".join(quotas),
+        "X-RateLimit-Limit": str(policy.limit),
+        "X-RateLimit-Remaining": str(quota.remaining),
+        "X-RateLimit-Reset": str(math.ceil(now + quota.reset)),
+    }

@@ -1,0 +1,275 @@
+"""The rate limiter the server uses: Redis when configured and answering, memory otherwise.
+
+A Redis error or timeout answers that request from memory, opens a circuit (later requests
+go straight to memory, paying no timeout) and starts a background probe that switches back
+once Redis answers. Each switch is logged once and counted. Memory answers enforce each
+limit divided by ``RATE_LIMIT_PROCESSES``, so a cluster in fallback keeps about its limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from mangu.config import Settings
+from mangu.metrics import Metrics
+from mangu.ratelimit.bucket import MemoryBuckets, Quota
+from mangu.ratelimit.keys import ip_key, user_key, username_key
+from mangu.ratelimit.policies import Policy, Tiers
+from mangu.ratelimit.redis import Overloaded, RedisBuckets, RedisUnavailable
+
+log = logging.getLogger("mangu.ratelimit")
+
+REDIS, MEMORY = "redis", "memory"
+_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_RARE_LOG_INTERVAL = 60.0  # seconds between warnings about one lasting condition
+
+
+class RateLimitUnavailable(Exception):
+    """A fail-closed tier cannot be decided because Redis is down."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("rate limiting is unavailable")
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class Decision:
+    """The answer to one take: allowed or not, and each bucket's quota, in the order asked."""
+
+    allowed: bool
+    policies: Sequence[Policy]  # as enforced (divided while answering from memory)
+    quotas: Sequence[Quota]
+    backend: str
+
+    @property
+    def primary(self) -> tuple[Policy, Quota]:
+        """The bucket this decision is about: the first that lacked tokens, else the first."""
+        if not self.allowed:
+            for policy, quota in zip(self.policies, self.quotas):
+                if quota.retry_after > 0:
+                    return policy, quota
+        return self.policies[0], self.quotas[0]
+
+    @property
+    def refused_by(self) -> Policy | None:
+        """The policy that refused (None when allowed)."""
+        return None if self.allowed else self.primary[0]
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until every refusing bucket has enough tokens (0.0 when allowed)."""
+        if self.allowed:
+            return 0.0
+        return max(quota.retry_after for quota in self.quotas)
+
+
+class RateLimiter:
+    """Takes from token buckets by policy and key, with failover between Redis and memory."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.enabled = settings.rate_limit_enabled
+        self.tiers = Tiers(settings)
+        self._settings = settings
+        self._metrics = metrics
+        self._processes = settings.rate_limit_processes
+        self._auth_fail_closed = settings.rate_limit_auth_fail_closed
+        self._timeout = settings.rate_limit_redis_timeout / 1000
+        self._probe_interval = settings.rate_limit_probe_interval / 1000
+        self._memory = MemoryBuckets(settings.rate_limit_memory_max_keys, on_evict=self._evicted)
+        self._redis: RedisBuckets | None = None
+        self._on_redis = False
+        self._probe_task: asyncio.Task[None] | None = None
+        self._fallback_since = 0.0
+        self._evictions_unlogged = 0
+        self._logged_at: dict[str, float] = {}
+        self._shares: dict[Policy, Policy] = {}
+        self._decision_counters: dict[tuple[str, str], object] = {}
+        metrics.ratelimit_memory_buckets.set_function(self._memory.__len__)
+        self._show_backend()
+
+    @property
+    def backend(self) -> str:
+        """``redis`` or ``memory``: where takes are decided now."""
+        return REDIS if self._on_redis else MEMORY
+
+    @property
+    def redis_configured(self) -> bool:
+        return self._settings.redis_url is not None
+
+    async def start(self) -> None:
+        """Connect to Redis when configured; a Redis that is down means starting in fallback."""
+        if not self.redis_configured or not self.enabled:
+            return
+        client = Redis.from_url(
+            self._settings.redis_url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),  # a retry would double the wait; memory answers instead
+            max_connections=8,
+        )
+        self._redis = RedisBuckets(client, on_batch=self._metrics.ratelimit_redis_batch_size.observe)
+        try:
+            await self._reach_redis()
+        except _REDIS_ERRORS as exc:
+            self._fall_back(_reason(exc))
+        else:
+            self._on_redis = True
+            self._show_backend()
+            log.info("rate limiting on Redis", extra={"backend": REDIS})
+
+    async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+            self._probe_task = None
+        if self._redis is not None:
+            await self._redis.close()
+            self._redis = None
+        self._on_redis = False
+
+    async def take_request(self, tier: str | Policy, user_id: str | None, client_ip: str) -> Decision:
+        """One request against its tier and the burst policy, keyed by the user when there is
+        one, else by the client address (IPv6 by its /64)."""
+        policy = self.tiers.resolve(tier)
+        key = user_key(user_id) if user_id is not None else ip_key(client_ip)
+        return await self.take(((policy, key), (self.tiers.burst, key)))
+
+    async def take_auth_attempt(self, client_ip: str, username: str) -> Decision:
+        """One login attempt: against the auth tier per client address and per username.
+
+        Raises RateLimitUnavailable instead of answering from memory when the auth tier is
+        set to fail closed (RATE_LIMIT_AUTH_FAIL_CLOSED) and Redis is down.
+        """
+        buckets = ((self.tiers.auth, ip_key(client_ip)), (self.tiers.auth_user, username_key(username)))
+        return await self.take(buckets, fail_closed=self._auth_fail_closed)
+
+    async def take(self, buckets: Sequence[tuple[Policy, str]], cost: int = 1, fail_closed: bool = False) -> Decision:
+        """Take ``cost`` from every bucket ``(policy, key)``, all or nothing.
+
+        With ``fail_closed``, raises RateLimitUnavailable rather than answer from memory
+        while Redis is configured but not answering.
+        """
+        reason = "redis_down"
+        if self._on_redis:
+            assert self._redis is not None
+            specs = [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in buckets]
+            try:
+                allowed, quotas = await self._redis.take(specs, cost)
+            except RedisUnavailable as exc:
+                self._fall_back(str(exc))
+            except Overloaded:
+                reason = "overloaded"
+                self._log_rarely("rate-limit Redis queue full: answering from memory", reason=reason)
+            else:
+                decision = Decision(allowed, [policy for policy, _ in buckets], quotas, REDIS)
+                self._count(decision)
+                return decision
+        if self.redis_configured:
+            if fail_closed:
+                raise RateLimitUnavailable(self._probe_interval)
+            self._metrics.ratelimit_memory_answers.labels(reason=reason).inc()
+        return self._take_memory(buckets, cost)
+
+    def _take_memory(self, buckets: Sequence[tuple[Policy, str]], cost: int) -> Decision:
+        policies = [self._share(policy) for policy, _ in buckets]
+        specs = [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, (_, key) in zip(policies, buckets)]
+        allowed, quotas = self._memory.take(specs, cost)
+        decision = Decision(allowed, policies, quotas, MEMORY)
+        self._count(decision)
+        return decision
+
+    def _share(self, policy: Policy) -> Policy:
+        share = self._shares.get(policy)
+        if share is None:
+            if len(self._shares) > 1024:  # custom policies are few; never let this grow
+                self._shares.clear()
+            share = self._shares[policy] = policy.divided(self._processes)
+        return share
+
+    def _count(self, decision: Decision) -> None:
+        if decision.allowed:
+            key = (decision.policies[0].name, "allowed")
+        else:
+            key = (decision.refused_by.name, "limited")  # type: ignore[union-attr]
+        counter = self._decision_counters.get(key)
+        if counter is None:
+            counter = self._decision_counters[key] = self._metrics.ratelimit_decisions.labels(*key)
+        counter.inc()  # type: ignore[attr-defined]
+
+    # -- failover
+
+    async def _reach_redis(self) -> None:
+        assert self._redis is not None
+        # ping, then the script: two round trips, each bounded by the socket timeout
+        async with asyncio.timeout(self._timeout * 4):
+            await self._redis.ping()
+            await self._redis.load()
+
+    def _fall_back(self, reason: str) -> None:
+        if self._probe_task is not None:  # already in fallback
+            return
+        self._on_redis = False
+        self._fallback_since = time.monotonic()
+        self._show_backend()
+        self._metrics.ratelimit_backend_transitions.labels(backend=MEMORY).inc()
+        log.warning(
+            "rate limiting falls back to memory: Redis unavailable (%s)", reason,
+            extra={"backend": MEMORY, "reason": reason, "limit_divisor": self._processes,
+                   "probe_interval_ms": self._settings.rate_limit_probe_interval},
+        )
+        self._probe_task = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self._probe_interval)
+            try:
+                await self._reach_redis()
+            except _REDIS_ERRORS:
+                continue
+            break
+        self._probe_task = None
+        self._on_redis = True
+        self._show_backend()
+        self._metrics.ratelimit_backend_transitions.labels(backend=REDIS).inc()
+        seconds = round(time.monotonic() - self._fallback_since, 3)
+        log.info("rate limiting back on Redis after %.1fs in memory", seconds,
+                 extra={"backend": REDIS, "fallback_s": seconds})
+
+    def _show_backend(self) -> None:
+        for backend in (REDIS, MEMORY):
+            self._metrics.ratelimit_backend.labels(backend=backend).set(1 if backend == self.backend else 0)
+
+    # -- degraded modes of the memory store and the Redis queue
+
+    def _evicted(self) -> None:
+        self._metrics.ratelimit_memory_evictions.inc()
+        self._evictions_unlogged += 1
+        if self._log_rarely(
+            "rate-limit memory store full: least recently used buckets dropped", reason="memory_full",
+            max_keys=self._memory.max_keys, evicted=self._evictions_unlogged,
+        ):
+            self._evictions_unlogged = 0
+
+    def _log_rarely(self, message: str, reason: str, **fields: object) -> bool:
+        """Log a warning about a lasting condition at most once a minute per reason."""
+        now = time.monotonic()
+        if now - self._logged_at.get(reason, -math.inf) < _RARE_LOG_INTERVAL:
+            return False
+        self._logged_at[reason] = now
+        log.warning(message, extra={"reason": reason, **fields})
+        return True
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,196 @@
+"""Rate limiting over HTTP, on the memory backend and on a real Redis: tiers, burst, keys,
+headers on every response of a limited endpoint, the auth tier, exempt endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.support.app import RunningApp, json_body
+from tests.support.ratelimit import add_routes, backend_in_use, metric
+
+NO_BURST = {"RATE_LIMIT_BURST": 1_000_000}  # for tests about the window tiers alone
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def start_limited(start_app: Callable[..., Any], backend: str, request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """``await start_limited(VAR=value)``: the app with the test routes, on this test's backend."""
+
+    async def start(**overrides: Any) -> RunningApp:
+        if backend == "redis":
+            overrides.setdefault("REDIS_URL", request.getfixturevalue("redis_url"))
+        app = add_routes(await start_app(**overrides))
+        assert backend_in_use(app) == backend
+        return app
+
+    return start
+
+
+async def fetch_all(app: RunningApp, path: str, n: int, **kwargs: Any) -> list[Any]:
+    return [await app.fetch(path, **kwargs) for _ in range(n)]
+
+
+def assert_refused(response: Any, policy: str) -> int:
+    """A 429 with the rate_limited body; returns its Retry-After."""
+    assert response.code == 429
+    error = json_body(response)["error"]
+    retry = int(response.headers["Retry-After"])
+    assert retry >= 1
+    assert (error["code"], error["policy"], error["retry_after"]) == ("rate_limited", policy, retry)
+    return retry
+
+
+async def test_150_requests_first_100_pass_the_rest_get_429(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(**NO_BURST)
+    started = time.time()
+    responses = await fetch_all(app, "/test/general", 150)
+    assert [r.code for r in responses] == [200] * 100 + [429] * 50
+
+    first, last_ok, refused = responses[0], responses[99], responses[100]
+    assert first.headers["RateLimit-Policy"].startswith('"general";q=100;w=900')
+    assert first.headers["RateLimit"].startswith('"general";r=99;t=9')  # one token back every 9 s
+    assert (first.headers["X-RateLimit-Limit"], first.headers["X-RateLimit-Remaining"]) == ("100", "99")
+    assert last_ok.headers["X-RateLimit-Remaining"] == "0"
+    for response in responses[100:]:
+        retry = assert_refused(response, "general")
+        assert retry <= 9
+        assert re.match(r'"general";r=0;t=\d+', response.headers["RateLimit"])
+        assert response.headers["X-RateLimit-Limit"] == "100" and response.headers["X-RateLimit-Remaining"] == "0"
+        # the bucket is full again 100 tokens x 9 s after the first request
+        assert abs(int(response.headers["X-RateLimit-Reset"]) - (started + 900)) <= 5
+
+
+async def test_refill_lets_exactly_k_more_through(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(RATE_LIMIT_MAX=4, RATE_LIMIT_WINDOW=2000, **NO_BURST)  # a token per 0.5 s
+    assert [r.code for r in await fetch_all(app, "/test/general", 5)] == [200] * 4 + [429]
+    await asyncio.sleep(2 * 0.5 + 0.15)  # two tokens' worth, and a little
+    assert [r.code for r in await fetch_all(app, "/test/general", 3)] == [200, 200, 429]
+
+
+async def test_500_concurrent_requests_on_a_bucket_of_100_allow_exactly_100(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(**NO_BURST)
+    responses = await asyncio.gather(*(app.fetch("/test/general") for _ in range(500)))
+    assert Counter(r.code for r in responses) == {200: 100, 429: 400}
+
+
+async def test_burst_tier_applies_under_the_window_tier(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(RATE_LIMIT_BURST=3)
+    responses = await fetch_all(app, "/test/general", 4)
+    assert [r.code for r in responses[:3]] == [200] * 3
+    assert assert_refused(responses[3], "burst") == 1
+    assert responses[3].headers["X-RateLimit-Limit"] == "3"
+    assert '"burst";q=3;w=1' in responses[3].headers["RateLimit-Policy"]
+    await asyncio.sleep(1.1)
+    after = await app.fetch("/test/general")
+    assert after.code == 200
+    assert after.headers["X-RateLimit-Remaining"] == "96"  # the refused request spent nothing
+
+
+async def test_strict_tier_and_a_custom_policy(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited()
+    strict = await app.fetch("/test/strict")
+    assert strict.code == 200 and strict.headers["RateLimit-Policy"].startswith('"strict";q=20;w=900')
+    export = await fetch_all(app, "/test/export", 3)
+    assert [r.code for r in export] == [200, 200, 429]
+    assert export[0].headers["RateLimit-Policy"] == '"export";q=2;w=60, "burst";q=10;w=1'
+    assert assert_refused(export[2], "export") == 30  # a token every 30 s
+
+
+async def test_error_responses_of_a_limited_endpoint_carry_the_headers(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited()
+    for path, status in (("/test/refusing", 400), ("/api/no-such-endpoint", 404)):
+        response = await app.fetch(path)
+        assert response.code == status
+        assert response.headers["RateLimit-Policy"].startswith('"general";q=100;w=900')
+        assert response.headers["X-RateLimit-Limit"] == "100"
+        assert "X-RateLimit-Remaining" in response.headers and "RateLimit" in response.headers
+
+
+async def test_auth_tier_counts_per_ip_and_per_username(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(TRUSTED_PROXIES="127.0.0.1")
+
+    def attempt(username: str, ip: str) -> Any:
+        return app.fetch("/test/login", method="POST", body={"username": username, "password": "x"},
+                         headers={"X-Forwarded-For": ip})
+
+    # one IP, a different username each time: the 6th is refused
+    from_one_ip = [await attempt(f"reader{i}", "198.51.100.7") for i in range(6)]
+    assert [r.code for r in from_one_ip] == [401] * 5 + [429]
+    assert from_one_ip[0].headers["RateLimit-Policy"] == '"auth";q=5;w=900, "auth_user";q=10;w=900'
+    assert assert_refused(from_one_ip[5], "auth") == 180  # 5 per 15 minutes: one back every 3 minutes
+
+    # one username, a different IP each time: the 11th is refused, whatever the case of the name
+    spread = [await attempt("Alice" if i % 2 else "alice", f"203.0.113.{i}") for i in range(11)]
+    assert [r.code for r in spread] == [401] * 10 + [429]
+    assert assert_refused(spread[10], "auth_user") == 90
+    assert spread[10].headers["X-RateLimit-Limit"] == "10"
+
+
+async def test_keys_per_user_else_per_ip(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(RATE_LIMIT_MAX=2)
+    alice, _ = app.services.tokens.issue("alice")
+    bob, _ = app.services.tokens.issue("bob")
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    assert [r.code for r in await fetch_all(app, "/test/general", 3, headers=as_alice)] == [200, 200, 429]
+    assert (await app.fetch("/test/general", headers={"Authorization": f"Bearer {bob}"})).code == 200
+    assert (await app.fetch("/test/general")).code == 200  # this address's own bucket
+    # an invalid token is no user: it draws on the address's bucket
+    assert (await app.fetch("/test/general", headers={"Authorization": "Bearer not-a-token"})).code == 200
+    assert (await app.fetch("/test/general")).code == 429
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(RATE_LIMIT_MAX=3)
+    codes = [(await app.fetch("/test/general", headers={"X-Forwarded-For": f"192.0.2.{i}"})).code for i in range(4)]
+    assert codes == [200, 200, 200, 429]
+
+
+async def test_ipv6_clients_in_one_64_share_a_bucket(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(RATE_LIMIT_MAX=2, TRUSTED_PROXIES="127.0.0.1")
+
+    async def code(ip: str) -> int:
+        return (await app.fetch("/test/general", headers={"X-Forwarded-For": ip})).code
+
+    assert await code("2001:db8:1:2::1") == 200
+    assert await code("2001:db8:1:2:ffff:ffff:ffff:9") == 200
+    assert await code("2001:db8:1:2::abcd") == 429  # same /64
+    assert await code("2001:db8:1:3::1") == 200  # the next /64
+    assert await code("::ffff:192.0.2.1") == 200 and await code("192.0.2.1") == 200
+    assert await code("192.0.2.1") == 429  # an IPv4-mapped address is that IPv4 address
+
+
+async def test_decisions_are_counted_by_policy_and_outcome(start_limited: Callable[..., Any]) -> None:
+    app = await start_limited(RATE_LIMIT_MAX=2, RATE_LIMIT_BURST=3)
+    await fetch_all(app, "/test/general", 3)
+    await fetch_all(app, "/test/export", 2)
+    assert metric(app, "mangu_ratelimit_decisions_total", policy="general", outcome="allowed") == 2
+    assert metric(app, "mangu_ratelimit_decisions_total", policy="general", outcome="limited") == 1
+    assert metric(app, "mangu_ratelimit_decisions_total", policy="burst", outcome="limited") == 1
+    assert metric(app, "mangu_ratelimit_decisions_total", policy="export", outcome="allowed") == 1
+
+
+async def test_probes_are_exempt(start_app: Callable[..., Any]) -> None:
+    app = add_routes(await start_app(RATE_LIMIT_MAX=1, RATE_LIMIT_BURST=1))
+    for path in ("/ping", "/api/health/live", "/livez"):
+        responses = await fetch_all(app, path, 5)
+        assert [r.code for r in responses] == [200] * 5
+        assert not any(name.lower().startswith(("ratelimit", "x-ratelimit")) for name in responses[-1].headers)
+
+
+async def test_disabled_limits_nothing(start_app: Callable[..., Any]) -> None:
+    app = add_routes(await start_app(RATE_LIMIT_ENABLED="false", RATE_LIMIT_MAX=1, RATE_LIMIT_BURST=1))
+    responses = await fetch_all(app, "/test/general", 5)
+    assert [r.code for r in responses] == [200] * 5 and "RateLimit" not in responses[-1].headers
+    login = await app.fetch("/test/login", method="POST", body={"username": "alice"})
+    assert login.code == 401
