@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.app import LogCapture, RunningApp, make_settings
 from tests.support.procs import MongoProcess, RedisProcess
+from tests.support.ws import WSClient
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

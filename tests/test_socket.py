@@ -350,21 +350,23 @@ async def test_a_client_that_never_reads_is_closed_1013_others_keep_receiving(st
     sock = await asyncio.to_thread(raw_ws, app.port, make_token("sleepy"), 4096)
     sock.sendall(client_frame(0x1, b'{"event":"join:room","data":{"room":"r"}}'))
     alice, bob = await joined(app, "alice", "r"), await joined(app, "bob", "r")
-    text = "w" * 3000
     registry = app.services.metrics.registry
 
-    def closed_1013() -> float:
-        return registry.get_sample_value("mangu_websocket_connections_closed_total", {"code": "1013"}) or 0
+    def slow_consumers() -> float:
+        return registry.get_sample_value("mangu_websocket_slow_consumers_total") or 0
 
-    for n in range(200):
-        await alice.ok("message:send", {"room": "r", "text": f"{n} {text}"})
-        if closed_1013() >= 1:
+    blob = "w" * 60_000  # the server-side API, to push megabytes quickly
+    for n in range(400):
+        app.services.hub.send_to_room("r", "system:load", {"n": n, "blob": blob})
+        await asyncio.sleep(0)
+        if slow_consumers() >= 1:
             break
-    assert closed_1013() == 1
-    assert registry.get_sample_value("mangu_websocket_slow_consumers_total") == 1
-    await bob.expect("message:received", timeout=10)
+    assert slow_consumers() == 1
+    await bob.wait_count("system:load", n + 1, timeout=30)  # a reading member got every frame
     await alice.ok("message:send", {"room": "r", "text": "still flowing"})
     await bob.expect("message:received", text="still flowing")
     # the sleepy client, reading at last, finds the 1013 close after its backlog
     assert await asyncio.to_thread(read_close_code, sock, 10) == 1013
     sock.close()
+    await asyncio.sleep(0.2)
+    assert registry.get_sample_value("mangu_websocket_connections_closed_total", {"code": "1013"}) == 1

@@ -59,7 +59,7 @@ async def test_token_in_query_header_or_first_frame(rt) -> None:
 
 async def test_refused_tokens_close_4001(rt, log_capture) -> None:
     now = int(time.time())
-    await refused(rt.ws_url(), wait_ready=False)  # no token, no auth frame within WS_AUTH_TIMEOUT
+    await refused(rt.ws_url())  # no token, no auth frame within WS_AUTH_TIMEOUT
     await refused(rt.ws_url(), token=make_token("alice", secret="not-the-server-secret-0123456789abcdef"))
     await refused(rt.ws_url(), token=forge({"alg": "HS512", "typ": "JWT"}, {"sub": "alice", "exp": now + 60},
                                            b"test-secret-0123456789abcdef0123456789abcdef"))  # alg not allowed

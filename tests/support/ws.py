@@ -26,14 +26,16 @@ class WSClient:
     """One connection. ``events`` holds every frame received, in order."""
 
     _refs = itertools.count(1)
+    opened: list[WSClient] = []  # closed by the conftest fixture after each test
 
     def __init__(self, conn: WebSocketClientConnection) -> None:
         self.conn = conn
         self.events: list[dict[str, Any]] = []
-        self._cursor = 0
+        self._consumed: set[int] = set()
         self._closed = asyncio.Event()
         self._arrived = asyncio.Event()
         self._reader = asyncio.ensure_future(self._read())
+        WSClient.opened.append(self)
 
     @classmethod
     async def connect(cls, url: str, token: str | None = None, *, header_token: str | None = None,
@@ -86,12 +88,12 @@ class WSClient:
         return reply["data"]
 
     async def wait_for(self, predicate: Any, timeout: float = 10) -> dict[str, Any]:
-        """The first frame received since the previous wait_for/expect that matches."""
+        """The first matching frame not already returned by an earlier wait_for/expect."""
         deadline = time.monotonic() + timeout
         while True:
-            for index in range(self._cursor, len(self.events)):
-                if predicate(self.events[index]):
-                    self._cursor = index + 1
+            for index in range(len(self.events)):
+                if index not in self._consumed and predicate(self.events[index]):
+                    self._consumed.add(index)
                     return self.events[index]
             if self._closed.is_set():
                 raise AssertionError(f"connection closed ({self.close_code}) while waiting; got {self.events[-5:]}")
