@@ -12,4 +12,8 @@ def routes() -> list[tuple[Any, ...]]:
     collected: list[tuple[Any, ...]] = []
     for module in (health,):
         collected.extend(module.default_handlers)
+    # endpoints for the test suite (404 unless MANGU_ENV=test)
+    from handlers import testing
+
+    collected.extend(testing.default_handlers)
     return collected

@@ -137,6 +137,12 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
     # The rate-limit tier of this handler's requests; None exempts it (probes, metrics).
     rate_limit: str | None = "general"
 
+    async def _execute(self, transforms: Any, *args: Any, **kwargs: Any) -> None:
+        # Counted so that a graceful shutdown lets this request finish before closing its
+        # connection (WebSocket handlers are not APIHandlers: they are drained instead).
+        with self.services.in_flight.track():
+            await super()._execute(transforms, *args, **kwargs)
+
     def set_default_headers(self) -> None:
         self.clear_header("Server")
         for name, value in _SECURITY_HEADERS.items():

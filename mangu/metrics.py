@@ -137,6 +137,11 @@ class Metrics:
             "health_check_status", "Last deep-health result per check: 1 pass, 0.5 warn, 0 fail.", ("check",)
         )
 
+        # systemd (mangu/lifecycle.py)
+        self.systemd_notify_failures = counter(
+            "systemd_notify_failures", "systemd notifications (READY, STATUS, WATCHDOG, ...) that could not be sent."
+        )
+
     def labelled_command(self, command: str) -> str:
         return command if command in DB_COMMANDS else "other"
 

@@ -14,6 +14,7 @@ import time
 
 from mangu import __version__
 from mangu.config import Settings
+from mangu.inflight import InFlightRequests
 from mangu.metrics import Metrics
 
 log = logging.getLogger("mangu.services")
@@ -35,6 +36,8 @@ class Services:
         self.metrics = Metrics(version=__version__)
         self.started_at = time.time()
         self.state = STARTING
+        # graceful shutdown (mangu/lifecycle.py): the HTTP requests it waits for
+        self.in_flight = InFlightRequests()
 
     @property
     def draining(self) -> bool:
@@ -43,6 +46,16 @@ class Services:
     async def start(self) -> None:
         """Connect what there is to connect; never blocks on a dependency that is down."""
         self.state = READY
+
+    async def drain_websockets(self, drain_ms: int) -> int:
+        """Close every WebSocket with a ``system:shutdown`` event and 1001, spread over
+        ``drain_ms`` with jitter so that clients do not all reconnect in one burst; return
+        how many were closed. Called once on shutdown, after ``state`` became draining (from
+        then on new WebSocket upgrades are refused) and the listener stopped accepting.
+
+        There is no WebSocket hub yet, so there is nothing to close.
+        """
+        return 0
 
     async def close(self) -> None:
         """Release every connection and background task."""
