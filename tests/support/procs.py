@@ -145,7 +145,10 @@ class MongoProcess(ChildProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
-        return [PYTHON, "-m", "nx_27017", "--host", "127.0.0.1", "-p", str(self.port), "--data-dir", str(self.data_dir)]
+        # The package has no __main__; this is what its nx-27017 console script runs.
+        return [PYTHON, "-c", "import sys; from nx_27017.nx_27017 import main; sys.exit(main())",
+                "--host", "127.0.0.1", "-p", str(self.port), "--data-dir", str(self.data_dir),
+                "--log-file", str(self.data_dir / "nx-27017.log"), "--pid-file", str(self.data_dir / "nx-27017.pid")]
 
     @property
     def url(self) -> str:
@@ -155,9 +158,11 @@ class MongoProcess(ChildProcess):
 class ServerProcess:
     """``python server.py`` as a child, with its JSON log lines collected from stdout."""
 
-    def __init__(self, env: dict[str, str], args: list[str] | None = None, cwd: Path = ROOT) -> None:
+    def __init__(self, env: dict[str, str], args: list[str] | None = None, cwd: Path = ROOT,
+                 launcher: list[str] | None = None) -> None:
         self.env = {**os.environ, **env}
         self.args = args or []
+        self.launcher = launcher or []  # a command that execs the rest (e.g. to sandbox it)
         self.cwd = cwd
         self.lines: list[str] = []
         self.stderr = ""
@@ -167,7 +172,7 @@ class ServerProcess:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [PYTHON, "server.py", *self.args], cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+            [*self.launcher, PYTHON, "server.py", *self.args], cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
