@@ -1,7 +1,7 @@
 """Endpoints that exist for the test suite only: with any MANGU_ENV but test they answer 404.
 
-``/_test/slow?ms=N`` answers 200 after N ms without blocking anyone (an in-flight request
-for the graceful-shutdown tests); ``/_test/block?ms=N`` blocks the event loop for N ms
+``/_test/slow?ms=N`` (GET or POST) answers 200 after N ms without blocking anyone (an
+in-flight request for the graceful-shutdown tests); ``/_test/block?ms=N`` blocks the event loop for N ms
 (what the systemd watchdog is there to catch).
 """
 
@@ -38,6 +38,9 @@ class SlowHandler(_TestOnlyHandler):
         log.info("slow request started", extra={"ms": ms})
         await asyncio.sleep(ms / 1000)
         self.write_json({"slept_ms": ms})
+
+    # POST too: a proxy does not retry a non-idempotent request cut short by the server.
+    post = get
 
 
 class BlockLoopHandler(_TestOnlyHandler):

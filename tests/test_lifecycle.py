@@ -262,6 +262,9 @@ async def test_readiness_is_503_once_draining(app: RunningApp) -> None:
     response = await app.fetch("/api/health/ready")
     assert response.code == 503
     assert json_body(response)["error"]["code"] == "draining"
+    # every answer while draining asks the client to take its next request elsewhere
+    response = await app.fetch("/ping")
+    assert response.code == 200 and response.headers["Connection"] == "close"
 
 
 async def test_test_only_endpoints_are_404_outside_the_test_environment(start_app, mongo_url: str) -> None:
