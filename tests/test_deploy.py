@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mangu.config import load_settings
-from tests.support.notify import NotifySocket
-from tests.support.procs import PYTHON, ROOT, ServerProcess
+from tests.support.notify import notified_server
+from tests.support.procs import PYTHON, ROOT
 
 UNITS = {"mangu.service": "mangu.service", "mangu@.service": "mangu@8001.service"}
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
@@ -89,17 +89,11 @@ def test_the_server_runs_under_memory_deny_write_execute() -> None:
                            text=True, timeout=120)
     assert check.returncode == 0 and check.stdout.strip() == "ok", check.stderr
 
-    notify = NotifySocket()
-    server = ServerProcess({"MANGU_ENV": "test", "PORT": "0", "LOG_FORMAT": "json", "NOTIFY_SOCKET": notify.address},
-                           launcher=launcher)
-    try:
-        server.start()
+    env = {"MANGU_ENV": "test", "PORT": "0", "LOG_FORMAT": "json"}
+    with notified_server(env, launcher=launcher) as (server, notify):
         notify.wait_for("READY", "1")
         server.signal(signal.SIGTERM)
         assert server.wait(15) == 0
-    finally:
-        server.stop()
-        notify.close()
     assert "Traceback" not in server.stderr
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from mangu.services import DRAINING
 from tests.support.app import RunningApp, json_body
-from tests.support.notify import NotifySocket
+from tests.support.notify import notified_server
 from tests.support.procs import ServerProcess, port_open, wait_until
 
 BASE = {"MANGU_ENV": "test", "PORT": "0", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
@@ -49,10 +49,8 @@ def index_of(messages: list[str], prefix: str) -> int:
 
 
 def test_notify_socket_gets_ready_status_watchdog_then_stopping_in_order() -> None:
-    notify = NotifySocket()  # an abstract "@..." address, as systemd uses
-    server = ServerProcess({**BASE, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "300000"})
-    try:
-        server.start()
+    # an abstract "@..." address, as systemd uses
+    with notified_server({**BASE, "WATCHDOG_USEC": "300000"}) as (server, notify):
         ready_at, ready = notify.wait_for("READY", "1")
         assert ready["STATUS"].startswith("ready: 0 WebSocket connections, 0 HTTP requests in flight")
         # pinged at half of WATCHDOG_USEC (0.15 s), so several within a second
@@ -61,9 +59,6 @@ def test_notify_socket_gets_ready_status_watchdog_then_stopping_in_order() -> No
         stopping_at, stopping = notify.wait_for("STOPPING", "1")
         assert stopping["STATUS"].startswith("draining:")
         assert server.wait(15) == 0
-    finally:
-        server.stop()
-        notify.close()
     keys = notify.keys()
     assert keys[0] == "STATUS"  # "starting", before anything slow
     assert keys.index("READY") < keys.index("WATCHDOG") < keys.index("STOPPING")
@@ -75,10 +70,7 @@ def test_notify_socket_gets_ready_status_watchdog_then_stopping_in_order() -> No
 
 
 def test_a_blocked_event_loop_stops_the_watchdog_pings() -> None:
-    notify = NotifySocket()
-    server = ServerProcess({**BASE, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "200000"})
-    try:
-        server.start()
+    with notified_server({**BASE, "WATCHDOG_USEC": "200000"}) as (server, notify):
         ready_at, _ = notify.wait_for("READY", "1")
         wait_until(lambda: len(notify.received("WATCHDOG", after=ready_at)) >= 3, 5, what="watchdog pings")
         sent = time.monotonic()
@@ -89,36 +81,23 @@ def test_a_blocked_event_loop_stops_the_watchdog_pings() -> None:
         assert notify.received("WATCHDOG", after=sent + 0.4) == notify.received("WATCHDOG", after=answered - 0.1)
         resumed = len(notify.received("WATCHDOG", after=answered))
         wait_until(lambda: len(notify.received("WATCHDOG", after=answered)) >= resumed + 3, 5, what="pings to resume")
-    finally:
-        server.stop()
-        notify.close()
 
 
 def test_watchdog_pings_only_for_the_pid_systemd_names() -> None:
-    notify = NotifySocket()
-    server = ServerProcess(
-        {**BASE, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"}
-    )
-    try:
-        server.start()
-        ready_at, _ = notify.wait_for("READY", "1")
+    with notified_server({**BASE, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"}) as (server, notify):
+        notify.wait_for("READY", "1")
         time.sleep(0.5)  # five ping intervals
         assert notify.received("WATCHDOG") == []
         assert server.stop() == 0
-    finally:
-        server.stop()
-        notify.close()
 
 
 def test_sighup_reopens_the_log_file_and_rereads_the_log_level(tmp_path: Path) -> None:
     log_file = tmp_path / "mangu.log"
     env_file = tmp_path / "mangu.env"
     env_file.write_text(f"LOG_LEVEL=INFO\nLOG_FILE={log_file}\n")
-    notify = NotifySocket(tmp_path / "notify")  # a filesystem-path socket this time
     env = {key: value for key, value in BASE.items() if key != "LOG_LEVEL"}
-    server = ServerProcess({**env, "NOTIFY_SOCKET": notify.address}, args=["--env-file", str(env_file)])
-    try:
-        server.start()
+    # a filesystem-path socket this time
+    with notified_server(env, tmp_path / "notify", args=["--env-file", str(env_file)]) as (server, notify):
         assert get(server.port, "/ping")[0] == 200
         wait_until(lambda: "GET /ping 200" in log_file.read_text(), 5, what="the access line")
 
@@ -150,9 +129,6 @@ def test_sighup_reopens_the_log_file_and_rereads_the_log_level(tmp_path: Path) -
         assert any(p.startswith("LOG_LEVEL='LOUD'") for p in record["problems"])
         server.signal(signal.SIGTERM)
         assert server.wait(15) == 0
-    finally:
-        server.stop()
-        notify.close()
     assert "Traceback" not in server.stderr
 
 

@@ -6,10 +6,12 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import wait_until
+from tests.support.procs import ServerProcess, wait_until
 
 
 class NotifySocket:
@@ -60,3 +62,17 @@ class NotifySocket:
         self._running = False
         self._reader.join(2)
         self.sock.close()
+
+
+@contextmanager
+def notified_server(env: dict[str, str], socket_path: Path | None = None,
+                    **kwargs: Any) -> Iterator[tuple[ServerProcess, NotifySocket]]:
+    """A started ``server.py`` child whose NOTIFY_SOCKET is a NotifySocket; both are
+    stopped on the way out, whatever the test did."""
+    notify = NotifySocket(socket_path)
+    server = ServerProcess({**env, "NOTIFY_SOCKET": notify.address}, **kwargs)
+    try:
+        yield server.start(), notify
+    finally:
+        server.stop()
+        notify.close()
