@@ -150,10 +150,6 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         if self.config.production:
             self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         self.set_header("X-Correlation-Id", self.correlation_id)
-        if self.services.draining:
-            # Shutting down: the client (or proxy) opens its next connection elsewhere, and
-            # the keep-alive connection stops bringing new requests to this process.
-            self.set_header("Connection", "close")
 
     def write(self, chunk: str | bytes | dict) -> None:  # type: ignore[override]
         if isinstance(chunk, str):

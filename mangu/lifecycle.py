@@ -31,6 +31,9 @@ log = logging.getLogger("mangu.lifecycle")
 STATUS_INTERVAL = 5.0  # seconds between STATUS= refreshes when systemd wants no watchdog pings
 _DRAIN_GRACE = 2.0  # seconds the WebSocket drain may run past SHUTDOWN_DRAIN_MS (closing handshakes)
 _CLOSE_TIMEOUT = 10.0  # seconds allowed for closing the connections, then the services
+# Seconds without any request in flight before the remaining (idle) connections are closed:
+# a request that arrived on one a moment ago gets the time to be dispatched, not cut.
+_QUIET = 0.25
 
 
 class Notifier:
@@ -125,10 +128,11 @@ class Lifecycle:
         await services.start(); ...listen...
         return await lifecycle.serve(server)    # READY=1, run until a signal, shut down
 
-    On SIGTERM or SIGINT: readiness answers 503 and STOPPING=1 goes out at once; after
-    SHUTDOWN_READY_DELAY the listener closes; WebSockets are drained over SHUTDOWN_DRAIN_MS
-    while in-flight HTTP requests get up to SHUTDOWN_TIMEOUT to finish; then connections and
-    services (presence, Redis, MongoDB) are closed, logs flushed, and ``serve`` returns 0.
+    On SIGTERM or SIGINT: readiness answers 503, STOPPING=1 goes out and every answer closes
+    its connection, at once; after SHUTDOWN_READY_DELAY the listener closes; WebSockets are
+    drained over SHUTDOWN_DRAIN_MS while in-flight HTTP requests get up to SHUTDOWN_TIMEOUT
+    to finish; then connections and services (presence, Redis, MongoDB) are closed, logs
+    flushed, and ``serve`` returns 0.
     A second SIGTERM or SIGINT exits at once with 128 + the signal number.
     """
 
@@ -238,6 +242,9 @@ class Lifecycle:
         settings = self.settings
         began = time.monotonic()
         services.state = DRAINING  # readiness answers 503 from now on
+        # Every answer from now on closes its connection ("Connection: close"), so keep-alive
+        # clients and proxies take their next request elsewhere.
+        server.conn_params.no_keep_alive = True
         self._notify("STOPPING=1", f"STATUS={self.status()}")
         log.info(
             "shutdown started by %s", self._stop_signal,
@@ -259,7 +266,7 @@ class Lifecycle:
                 settings.shutdown_drain_ms / 1000 + _DRAIN_GRACE,
             )
         )
-        if not await services.in_flight.wait_idle(settings.shutdown_timeout / 1000):
+        if not await services.in_flight.wait_quiet(_QUIET, settings.shutdown_timeout / 1000):
             log.warning(
                 "shutdown timeout: closing %d requests still in flight", services.in_flight.count,
                 extra={"requests_in_flight": services.in_flight.count, "timeout_ms": settings.shutdown_timeout},

@@ -22,8 +22,8 @@ from tests.support.procs import ServerProcess, port_open, wait_until
 BASE = {"MANGU_ENV": "test", "PORT": "0", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
 
 
-def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
-    """One request on a new connection: (status, JSON body or text)."""
+def request(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any, http.client.HTTPMessage]:
+    """One GET on a new connection: (status, JSON body or text, headers)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
@@ -32,9 +32,14 @@ def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
     finally:
         conn.close()
     try:
-        return response.status, json.loads(body)
+        return response.status, json.loads(body), response.headers
     except ValueError:
-        return response.status, body.decode()
+        return response.status, body.decode(), response.headers
+
+
+def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+    """One GET on a new connection: (status, JSON body or text)."""
+    return request(port, path, timeout)[:2]
 
 
 def messages_of(server: ServerProcess) -> list[str]:
@@ -89,6 +94,19 @@ def test_watchdog_pings_only_for_the_pid_systemd_names() -> None:
         time.sleep(0.5)  # five ping intervals
         assert notify.received("WATCHDOG") == []
         assert server.stop() == 0
+
+
+def test_a_notify_socket_nobody_listens_on_never_stops_the_server(tmp_path: Path) -> None:
+    server = ServerProcess({**BASE, "NOTIFY_SOCKET": str(tmp_path / "gone"), "WATCHDOG_USEC": "200000"}).start()
+    try:
+        assert get(server.port, "/ping") == (200, "pong")
+        record = server.wait_for(lambda r: r.get("message", "").startswith("systemd notification not sent"))
+        assert record["level"] == "WARNING" and record["notification"] == ["STATUS"]
+        server.signal(signal.SIGTERM)
+        assert server.wait(15) == 0
+    finally:
+        server.stop()
+    assert "Traceback" not in server.stderr
 
 
 def test_sighup_reopens_the_log_file_and_rereads_the_log_level(tmp_path: Path) -> None:
@@ -149,8 +167,9 @@ def test_sigterm_lets_in_flight_requests_finish_after_readiness_turns_503(mongo_
         signalled = time.monotonic()
         server.signal(signal.SIGTERM)
         # readiness says 503 at once, on new connections, while the listener is still open...
-        status, body = wait_until(lambda: poll_ready(server.port), 1.0, interval=0.01, what="readiness 503")
+        status, body, headers = wait_until(lambda: poll_ready(server.port), 1.0, interval=0.01, what="readiness 503")
         assert status == 503 and body["error"]["code"] == "draining"
+        assert headers["Connection"] == "close"  # the next request goes elsewhere
         # ...then the listener closes: new connections are refused
         wait_until(lambda: not port_open(server.port), 5, what="the listener to close")
         closed = time.monotonic()
@@ -175,10 +194,10 @@ def wait_node_id(server: ServerProcess) -> str:
     return server.wait_for(lambda r: "node_id" in r and r.get("logger") == "mangu.server")["node_id"]
 
 
-def poll_ready(port: int) -> tuple[int, Any] | None:
+def poll_ready(port: int) -> tuple[int, Any, http.client.HTTPMessage] | None:
     """Readiness on a new connection, when it answers 503."""
-    status, body = get(port, "/api/health/ready", timeout=2)
-    return (status, body) if status == 503 else None
+    answer = request(port, "/api/health/ready", timeout=2)
+    return answer if answer[0] == 503 else None
 
 
 def test_requests_past_the_shutdown_timeout_are_cut_and_the_process_still_exits_0() -> None:
@@ -238,9 +257,6 @@ async def test_readiness_is_503_once_draining(app: RunningApp) -> None:
     response = await app.fetch("/api/health/ready")
     assert response.code == 503
     assert json_body(response)["error"]["code"] == "draining"
-    # every answer while draining asks the client to take its next request elsewhere
-    response = await app.fetch("/ping")
-    assert response.code == 200 and response.headers["Connection"] == "close"
 
 
 async def test_test_only_endpoints_are_404_outside_the_test_environment(start_app, mongo_url: str) -> None:
