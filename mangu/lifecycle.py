@@ -188,8 +188,13 @@ class Lifecycle:
     def _on_reload_signal(self) -> None:
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self._notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=reloading")
-        reopen_log_files()
-        log.info("log files reopened")
+        try:
+            reopen_log_files()
+        except OSError as exc:
+            # The old file stays open: nothing is lost, and the operator learns why.
+            log.error("log file not reopened: %s", exc.strerror or exc, extra={"log_file": exc.filename})
+        else:
+            log.info("log files reopened")
         root = logging.getLogger()
         old = logging.getLevelName(root.level)
         try:
@@ -204,10 +209,8 @@ class Lifecycle:
                 # Logged while the more verbose of the two levels is in effect, so it shows.
                 if logging.getLevelName(new) < root.level:
                     set_level(new)
-                    log.info("log level %s -> %s", old, new, extra={"log_level": new})
-                else:
-                    log.info("log level %s -> %s", old, new, extra={"log_level": new})
-                    set_level(new)
+                log.info("log level %s -> %s", old, new, extra={"log_level": new})
+                set_level(new)
         self._notify("READY=1", f"STATUS={self.status()}")
 
     # -- notifications

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import signal
 import threading
 import time
@@ -148,6 +149,24 @@ def test_sighup_reopens_the_log_file_and_rereads_the_log_level(tmp_path: Path) -
         server.signal(signal.SIGTERM)
         assert server.wait(15) == 0
     assert "Traceback" not in server.stderr
+
+
+def test_a_log_file_that_cannot_be_reopened_is_reported_and_logging_goes_on(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    server = ServerProcess({**BASE, "LOG_FILE": str(log_dir / "mangu.log")}).start()
+    try:
+        shutil.rmtree(log_dir)  # nowhere to open a new file
+        server.signal(signal.SIGHUP)
+        record = server.wait_for(lambda r: r.get("message", "").startswith("log file not reopened"))
+        assert record["level"] == "ERROR" and record["log_file"] == str(log_dir / "mangu.log")
+        assert get(server.port, "/ping") == (200, "pong")
+        server.wait_for(lambda r: r.get("path") == "/ping")  # still logging
+        server.signal(signal.SIGTERM)
+        assert server.wait(15) == 0
+    finally:
+        server.stop()
+    assert server.stderr == ""
 
 
 # -- graceful shutdown
