@@ -3,7 +3,9 @@
     python server.py [--env-file PATH]
 
 Loads and validates the settings (exit 78 on any problem, before listening), sets up
-logging, builds the services and the app, listens, and runs until SIGTERM or SIGINT.
+logging, builds the services and the app, listens, tells systemd it is ready, and runs
+until SIGTERM or SIGINT, then shuts down gracefully (mangu/lifecycle.py) and exits 0.
+Exit 69 when it cannot listen; a second SIGTERM or SIGINT exits at once with 128 + signal.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -19,7 +22,8 @@ from tornado.netutil import bind_sockets
 from mangu import __version__
 from mangu.app import make_app, make_server
 from mangu.config import EX_CONFIG, ConfigError, Settings, load_settings
-from mangu.log import configure_logging, flush_logs, reopen_log_files
+from mangu.lifecycle import Lifecycle, Notifier
+from mangu.log import configure_logging, flush_logs
 from mangu.services import Services
 
 log = logging.getLogger("mangu.server")
@@ -32,17 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def main(settings: Settings) -> int:
+    lifecycle = Lifecycle(settings, Notifier.from_environ())
     services = Services(settings)
+    lifecycle.start(services)  # signals and watchdog pings from here on, even while connecting
     await services.start()
     app = make_app(settings, services)
     server = make_server(app, settings)
-    # Signals first: whoever sees the "listening" line may signal at once.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reopen_logs)
-    sockets = bind_sockets(settings.port, settings.host, backlog=1024)
+    try:
+        sockets = bind_sockets(settings.port, settings.host, backlog=1024)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        await services.close()
+        return os.EX_UNAVAILABLE
     server.add_sockets(sockets)
     host, port = sockets[0].getsockname()[:2]
     log.info(
@@ -50,19 +55,7 @@ async def main(settings: Settings) -> int:
         extra={"version": __version__, "env": settings.mangu_env, "address": f"{host}:{port}",
                "node_id": services.node_id},
     )
-    await stop.wait()
-
-    log.info("shutting down")
-    server.stop()
-    await server.close_all_connections()
-    await services.close()
-    log.info("stopped")
-    return 0
-
-
-def _reopen_logs() -> None:
-    reopen_log_files()
-    log.info("log files reopened")
+    return await lifecycle.serve(server)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -76,6 +69,8 @@ def run(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format, settings.log_file)
     try:
         return asyncio.run(main(settings))
+    except KeyboardInterrupt:  # SIGINT before the signal handlers were installed
+        return 128 + signal.SIGINT
     finally:
         flush_logs()
 

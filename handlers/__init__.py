@@ -15,4 +15,8 @@ def routes(settings: Any) -> list[tuple[Any, ...]]:
     collected: list[tuple[Any, ...]] = []
     for module in modules:
         collected.extend(module.default_handlers)
+    # endpoints for the test suite (404 unless MANGU_ENV=test)
+    from handlers import testing
+
+    collected.extend(testing.default_handlers)
     return collected

@@ -131,7 +131,9 @@ class MaguHandlerMixin:
         if trace_id:
             context["trace_id"] = trace_id
         bind_context(**context)
-        self.services.metrics.http_requests_in_flight.inc()
+        # Counted so that a graceful shutdown lets this request finish before closing its
+        # connection.
+        self.services.in_flight.begin()
         self._in_flight = True
         try:
             await super()._execute(transforms, *args, **kwargs)  # type: ignore[misc]
@@ -140,10 +142,10 @@ class MaguHandlerMixin:
 
     def request_done(self) -> None:
         """Stop counting this request as in flight (at its end, or at a WebSocket upgrade:
-        the connection that follows is not an HTTP request)."""
+        the connection that follows is not an HTTP request; it is drained instead)."""
         if self._in_flight:
             self._in_flight = False
-            self.services.metrics.http_requests_in_flight.dec()
+            self.services.in_flight.end()
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")

@@ -1,10 +1,10 @@
-"""Operations endpoints: /ping and the liveness probe."""
+"""Operations endpoints: /ping, the liveness probe and the readiness probe."""
 
 from __future__ import annotations
 
 import time
 
-from handlers.base import APIHandler
+from handlers.base import APIError, APIHandler
 
 
 class PingHandler(APIHandler):
@@ -29,8 +29,21 @@ class LiveHandler(APIHandler):
         )
 
 
+class ReadyHandler(APIHandler):
+    """Readiness: 503 from the moment a shutdown starts, so load balancers stop sending here."""
+
+    rate_limit = None
+
+    def get(self) -> None:
+        services = self.services
+        if services.draining:
+            raise APIError(503, "draining", "shutting down", node_id=services.node_id)
+        self.write_json({"status": "ready", "node_id": services.node_id})
+
+
 default_handlers = [
     (r"/ping", PingHandler),
     (r"/api/health/live", LiveHandler),
     (r"/livez", LiveHandler),
+    (r"/api/health/ready", ReadyHandler),
 ]

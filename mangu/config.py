@@ -200,6 +200,8 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("DATA_DIR", _text, "var", "where the server writes (embedded MongoDB, development JWT secret)"),
     _Var("SHUTDOWN_TIMEOUT", _int(0, 600_000), "10000", "ms to let in-flight HTTP requests finish"),
     _Var("SHUTDOWN_DRAIN_MS", _int(0, 600_000), "5000", "ms over which WebSocket clients are closed"),
+    _Var("SHUTDOWN_READY_DELAY", _int(0, 600_000), "0",
+         "ms readiness answers 503 before the listener closes (for load balancers that poll it)"),
     # logging
     _Var("LOG_LEVEL", _choice(*LOG_LEVELS, upper=True), "INFO", "minimum level logged"),
     _Var("LOG_FORMAT", _choice("json", "pretty"), _by_env(development="pretty", default="json"),
@@ -293,6 +295,7 @@ class Settings:
     data_dir: str
     shutdown_timeout: int
     shutdown_drain_ms: int
+    shutdown_ready_delay: int
     log_level: str
     log_format: str
     log_file: str | None

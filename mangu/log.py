@@ -293,13 +293,16 @@ class ReopenableFileHandler(logging.FileHandler):
     """A file handler that logrotate can work with: ``reopen()`` on SIGHUP starts a new file."""
 
     def reopen(self) -> None:
+        """Switch to a new file at the same path; if it cannot be opened (OSError), the
+        current file stays in use."""
+        stream = self._open()
         self.acquire()
         try:
-            if self.stream:
-                self.stream.close()
-            self.stream = self._open()
+            old, self.stream = self.stream, stream
         finally:
             self.release()
+        if old:
+            old.close()
 
 
 _installed: list[logging.Handler] = []

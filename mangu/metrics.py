@@ -160,6 +160,11 @@ class Metrics:
             "db_calls_refused", "Database calls refused at once because MongoDB was known to be down."
         )
 
+        # systemd (mangu/lifecycle.py)
+        self.systemd_notify_failures = counter(
+            "systemd_notify_failures", "systemd notifications (READY, STATUS, WATCHDOG, ...) that could not be sent."
+        )
+
     def labelled_command(self, command: str) -> str:
         return command if command in DB_COMMANDS else "other"
 

@@ -18,6 +18,7 @@ from mangu.auth import TokenAuthority
 from mangu.config import Settings
 from mangu.db import Database
 from mangu.embedded_mongo import EmbeddedMongo, EmbeddedMongoError
+from mangu.inflight import InFlightRequests
 from mangu.metrics import Metrics
 from mangu.ratelimit import RateLimiter
 from mangu.realtime.hub import Hub
@@ -56,6 +57,8 @@ class Services:
         self.books = BookStore(self.db)
         # -- realtime
         self.hub = Hub(settings, self.metrics, self.node_id, messages=self.messages)
+        # graceful shutdown (mangu/lifecycle.py): the HTTP requests it waits for
+        self.in_flight = InFlightRequests(self.metrics.http_requests_in_flight)
 
     @property
     def draining(self) -> bool:
@@ -76,6 +79,15 @@ class Services:
                 log.error("embedded MongoDB did not start: %s", exc, extra={"error": type(exc).__name__})
                 url = None
         await self.db.start(url)
+
+    async def drain_websockets(self, drain_ms: int) -> int:
+        """Close every WebSocket with a ``system:shutdown`` event and 1001, spread over
+        ``drain_ms`` with jitter so that clients do not all reconnect in one burst; return
+        how many were closed. Called once on shutdown, after ``state`` became draining (from
+        then on new WebSocket upgrades are refused) and the listener stopped accepting.
+
+        """
+        return await self.hub.drain(drain_ms)
 
     async def close(self) -> None:
         """Release every connection and background task."""

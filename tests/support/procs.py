@@ -165,13 +165,15 @@ class MongoProcess(ChildProcess):
 class ServerProcess:
     """``python server.py`` as a child, with its JSON log lines collected from stdout."""
 
-    def __init__(self, env: dict[str, str], args: list[str] | None = None, cwd: Path = ROOT) -> None:
+    def __init__(self, env: dict[str, str], args: list[str] | None = None, cwd: Path = ROOT,
+                 launcher: list[str] | None = None) -> None:
         self.env = {**os.environ, **env}
         # Each server writes (the embedded MongoDB's files) under a DATA_DIR of its own.
         self._data_dir = None if "DATA_DIR" in env else tempfile.mkdtemp(prefix="mangu-data-")
         if self._data_dir:
             self.env["DATA_DIR"] = self._data_dir
         self.args = args or []
+        self.launcher = launcher or []  # a command that execs the rest (e.g. to sandbox it)
         self.cwd = cwd
         self.lines: list[str] = []
         self.stderr = ""
@@ -181,7 +183,7 @@ class ServerProcess:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [PYTHON, "server.py", *self.args], cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+            [*self.launcher, PYTHON, "server.py", *self.args], cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
