@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mangu.services import DRAINING
-from tests.support.app import RunningApp, json_body
+from tests.support.app import TEST_SECRET, RunningApp, json_body
 from tests.support.notify import notified_server
 from tests.support.procs import ServerProcess, port_open, wait_until
 
@@ -290,3 +290,41 @@ async def test_test_only_endpoints_are_404_outside_the_test_environment(start_ap
     for bad in ("abc", "-1", "60001"):
         response = await test.fetch(f"/_test/slow?ms={bad}")
         assert response.code == 400 and "ms:" in json_body(response)["error"]["message"]
+
+
+async def test_sigterm_drains_websockets_spread_out_while_requests_finish(mongo_url: str, mongo_db: str) -> None:
+    import asyncio
+
+    from tests.support.ws import WSClient, make_token
+
+    server = ServerProcess({
+        **BASE, "MONGODB_URL": mongo_url, "MONGODB_DB": mongo_db, "JWT_SECRET": TEST_SECRET,
+        "SHUTDOWN_TIMEOUT": "8000", "SHUTDOWN_DRAIN_MS": "1500",
+    }).start()
+    pool = ThreadPoolExecutor(10)
+    try:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        clients = await asyncio.gather(*(WSClient.connect(url, make_token(f"reader{i}")) for i in range(100)))
+        await asyncio.gather(*(c.ok("join:room", {"room": "book:7"}) for c in clients))
+        slow = [pool.submit(get, server.port, "/_test/slow?ms=2000", 20) for _ in range(10)]
+        await asyncio.to_thread(
+            wait_until, lambda: messages_of(server).count("slow request started") == 10, 10, 0.02, "10 requests"
+        )
+        server.signal(signal.SIGTERM)
+        started = time.monotonic()
+        codes = await asyncio.gather(*(c.closed(10) for c in clients))
+        closed_at = time.monotonic()
+        assert codes == [1001] * 100
+        for client in clients:
+            notice = client.received("system:shutdown")
+            assert notice == [{"reason": "server restarting", "reconnect": True}]
+        assert closed_at - started >= 0.75  # spread over SHUTDOWN_DRAIN_MS, not all at once
+        results = [future.result(timeout=20) for future in slow]
+        assert results == [(200, {"slept_ms": 2000})] * 10
+        assert await asyncio.to_thread(server.wait, 15) == 0
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        server.stop()
+    drained = next(r for r in server.records if r.get("message", "").startswith("websockets drained"))
+    assert drained["websockets_closed"] == 100
+    assert "Traceback" not in server.stderr

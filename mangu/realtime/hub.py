@@ -142,8 +142,7 @@ class Hub:
                     (m for m in members if m.user_id != peer.user_id),
                     p.encode(p.ROOM_JOINED, {"room": room, **entry}), p.ROOM_JOINED,
                 )
-        users = sorted({m.user_id for m in self._rooms.get(room, ())})
-        return await self.presence.get_many(users)
+        return await self.get_room_presence(room)
 
     async def leave(self, peer: Any, room: str) -> None:
         if room in peer.rooms and self._leave(peer, room):
@@ -286,6 +285,11 @@ class Hub:
 
     async def get_connected_users(self) -> list[str]:
         return await self.presence.online_users()
+
+    async def get_room_presence(self, room: str) -> list[dict[str, Any]]:
+        """The members of ``room`` online now, with their presence."""
+        users = sorted({m.user_id for m in self._rooms.get(room, ())})
+        return await self.presence.get_many(users)
 
     def disconnect_user(self, user_id: str, code: int = p.CLOSE_FORBIDDEN, reason: str = "disconnected") -> int:
         peers = tuple(self._users.get(user_id, ()))
