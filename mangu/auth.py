@@ -19,6 +19,7 @@ from typing import Any
 import jwt
 
 from mangu.config import Settings
+from mangu.store.messages import MAX_USER_ID_LENGTH, USER_ID
 
 log = logging.getLogger("mangu.auth")
 
@@ -119,8 +120,9 @@ class TokenAuthority:
         except jwt.InvalidTokenError:
             raise AuthError("malformed", "malformed token") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 128:
-            raise AuthError("invalid_claims", "token subject invalid")
+        # the subject is the user id everywhere (rooms, direct conversations, presence)
+        if not isinstance(sub, str) or len(sub) > MAX_USER_ID_LENGTH or not USER_ID.fullmatch(sub):
+            raise AuthError("invalid_claims", "token subject is not a valid user id")
         return Principal(user_id=sub, roles=_roles(claims), expires_at=float(claims["exp"]), claims=claims)
 
     def issue(self, user_id: str, roles: tuple[str, ...] | list[str] = ("reader",), ttl: int | None = None,

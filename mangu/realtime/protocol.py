@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from mangu.store.messages import MAX_USER_ID_LENGTH, USER_ID
+
 # -- events a client sends
 AUTH = "auth"
 AUTH_REFRESH = "auth:refresh"
@@ -89,7 +91,6 @@ def valid_close_code(code: int) -> bool:
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9:_.\-]{1,64}")
 RESERVED_ROOM_PREFIXES = ("user:", "_", "dm:")
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
-USER_PATTERN = re.compile(r"[A-Za-z0-9._@:\-]{1,128}")
 MAX_TEXT = 4000
 MAX_HISTORY = 100
 DEFAULT_HISTORY = 50
@@ -172,8 +173,8 @@ def client_msg_id_field(frame: Frame) -> str | None:
 
 def user_field(frame: Frame, name: str) -> str:
     value = frame.data.get(name)
-    if not isinstance(value, str) or not USER_PATTERN.fullmatch(value):
-        raise _bad(frame, name, "a user id of 1-128 characters [A-Za-z0-9._@:-]")
+    if not isinstance(value, str) or len(value) > MAX_USER_ID_LENGTH or not USER_ID.fullmatch(value):
+        raise _bad(frame, name, f"a user id of 1-{MAX_USER_ID_LENGTH} characters [A-Za-z0-9._@-]")
     return value
 
 

@@ -113,7 +113,10 @@ class MessageStore:
         fields = Fields()
         room = _room(fields, room)
         sender = _user(fields, "sender", sender)
-        text = fields.text("text", text, max_length=MAX_TEXT_LENGTH)
+        # Kept as written (a poem's indentation matters); only all-blank text is refused.
+        text = fields.text("text", text, max_length=MAX_TEXT_LENGTH, strip=False)
+        if text is not None and not text.strip():
+            fields.add("text", "must not be blank")
         client_msg_id = fields.text(
             "client_msg_id", client_msg_id, max_length=MAX_CLIENT_MSG_ID_LENGTH, pattern=CLIENT_MSG_ID,
             expected="expected letters, digits and _ . : -", required=False, strip=False,
