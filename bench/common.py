@@ -121,9 +121,11 @@ class Mongo:
 
     def __init__(self, data_dir: str) -> None:
         self.port = free_port()
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "nx_27017", "--host", "127.0.0.1", "-p", str(self.port), "--data-dir", data_dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [PYTHON, "-m", "mangu.embedded_mongo", str(os.getpid()), "--host", "127.0.0.1", "-p", str(self.port),
+             "--data-dir", data_dir, "--log-file", os.devnull],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
         )
         wait_port(self.port, 30)
 

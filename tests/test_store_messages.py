@@ -53,6 +53,19 @@ async def test_a_retried_client_msg_id_returns_the_stored_message_and_stores_not
     assert [m["text"] for m in history] == ["hello", "twice", "hello"]
 
 
+async def test_a_retry_through_another_process_is_stored_once(app: RunningApp) -> None:
+    from mangu.store.messages import MessageStore
+
+    first_process = app.services.messages
+    other_process = MessageStore(app.services.db)  # its own memory of recent sends: none
+    first, _ = await first_process.append("book:5", "ana", "hello", "c-7")
+    again, created = await other_process.append("book:5", "ana", "hello", "c-7")
+    assert not created and again == first
+    later, created = await other_process.append("book:5", "ana", "next", "c-8")
+    assert created and later["seq"] > first["seq"]
+    assert [m["text"] for m in await first_process.history("book:5")] == ["hello", "next"]
+
+
 async def test_history_windows(app: RunningApp) -> None:
     messages = app.services.messages
     for i in range(1, 11):

@@ -10,6 +10,7 @@ namespace no room can use; who may read one is the caller's decision (``particip
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -91,8 +92,12 @@ class MessageStore:
     """Messages of rooms and direct conversations, in the ``messages`` collection; the
     per-room counters in ``counters``."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, recent_sends: int = 10_000) -> None:
         self._db = db
+        # (sender, client_msg_id) of recent sends, so that the usual retry (same client, same
+        # process) is answered without a query. Anything else is caught by the unique index.
+        self._recent: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._recent_max = recent_sends
         db.on_setup(self.create_indexes)
 
     async def create_indexes(self) -> None:
@@ -132,11 +137,10 @@ class MessageStore:
             doc["client_msg_id"] = client_msg_id
         if users is not None:
             doc["recipient"] = users[1] if users[0] == sender else users[0]
+        key = (sender, client_msg_id) if client_msg_id is not None else None
+        if key is not None and key in self._recent:
+            return self._recent[key], False
         async with self._db.operation() as db:
-            if client_msg_id is not None:
-                stored = await db.messages.find_one({"sender": sender, "client_msg_id": client_msg_id})
-                if stored is not None:
-                    return _public(stored), False
             counter = await db.counters.find_one_and_update(
                 {"_id": room}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
             )
@@ -145,13 +149,21 @@ class MessageStore:
             try:
                 await db.messages.insert_one(doc)
             except DuplicateKeyError:
-                # The same send retried concurrently: the other copy won. Its number is
-                # used; the one taken here stays unused (a gap, never a duplicate).
+                # A retry of a send stored earlier (through another process, or long ago):
+                # the stored copy wins. The number taken here stays unused: a gap in the
+                # room's sequence, never a duplicate.
                 stored = await db.messages.find_one({"sender": sender, "client_msg_id": client_msg_id})
                 if client_msg_id is None or stored is None:
                     raise
-                return _public(stored), False
-        return _public(doc), True
+                return self._remember(key, _public(stored)), False
+        return self._remember(key, _public(doc)), True
+
+    def _remember(self, key: tuple[str, str] | None, message: dict[str, Any]) -> dict[str, Any]:
+        if key is not None:
+            self._recent[key] = message
+            if len(self._recent) > self._recent_max:
+                self._recent.popitem(last=False)
+        return message
 
     async def append_direct(
         self, sender: str, recipient: str, text: str, client_msg_id: str | None = None
