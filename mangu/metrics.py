@@ -99,6 +99,12 @@ class Metrics:
         )
         self.bus_up = gauge("bus_up", "1 while the Redis bus subscriber is connected.")
         self.bus_reconnects = counter("bus_reconnects", "Redis bus reconnect attempts.")
+        self.bus_dropped = counter(
+            "bus_messages_dropped", "Messages for other processes dropped (Redis down or the send queue full)."
+        )
+        self.presence_errors = counter(
+            "presence_errors", "Presence reads and writes that Redis did not answer (served from this process)."
+        )
 
         # rate limiting
         self.ratelimit_decisions = counter(

@@ -14,12 +14,24 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import orjson
+
 from mangu.config import Settings
 from mangu.metrics import Metrics
 from mangu.realtime import protocol as p
 from mangu.realtime.frames import text_frame
 from mangu.realtime.presence import OFFLINE, LocalPresence, Presence
 from mangu.store.messages import conversation_id
+
+BROADCAST_CHANNEL = "mangu:broadcast"
+
+
+def room_channel(room: str) -> str:
+    return f"mangu:room:{room}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"mangu:user:{user_id}"
 
 log = logging.getLogger("mangu.realtime")
 
@@ -65,21 +77,41 @@ class _Typing:
 
 
 class Hub:
-    """Local registry and delivery; the server-side API other modules call."""
+    """Local registry and delivery; the server-side API other modules call.
+
+    With a bus (Redis), every delivery also goes to the other processes: this process
+    delivers to its own members at once and publishes one bus message; every other process
+    subscribed to that channel delivers to its members. A process skips what it published
+    itself, so each member receives each message once.
+    """
 
     def __init__(self, settings: Settings, metrics: Metrics, node_id: str, messages: Any = None,
-                 presence: Presence | None = None, room_policy: RoomPolicy = default_room_policy) -> None:
+                 presence: Presence | None = None, bus: Any = None,
+                 room_policy: RoomPolicy = default_room_policy) -> None:
         self.settings = settings
         self.metrics = metrics
         self.node_id = node_id
         self.messages = messages
         self.presence: Presence = presence or LocalPresence()
+        self.bus = bus
         self.room_policy = room_policy
         self._peers: set[Any] = set()
         self._users: dict[str, set[Any]] = {}
         self._rooms: dict[str, set[Any]] = {}
         self._typing: dict[tuple[str, str], _Typing] = {}
         self._out: dict[str, Any] = {}  # outgoing-frame counters by event, labelled once
+        self._origin = orjson.dumps(node_id)
+        if hasattr(self.presence, "on_departure"):
+            self.presence.on_departure = self._announce_departure
+
+    async def start(self) -> None:
+        if self.bus is not None:
+            self.bus.want(BROADCAST_CHANNEL, self._on_bus)
+            self.bus.on_connect(self._on_bus_connected)
+        await self.presence.start()
+
+    async def close(self) -> None:
+        await self.presence.close()
 
     # -- registry
 
@@ -96,12 +128,20 @@ class Hub:
     def local_users(self) -> list[str]:
         return sorted(self._users)
 
+    def local_rooms_by_user(self) -> dict[str, set[str]]:
+        """Each local user and the rooms they are in here (for the presence heartbeat)."""
+        return {user: set().union(*(peer.rooms for peer in peers)) for user, peers in self._users.items()}
+
     async def add(self, peer: Any) -> None:
         self._peers.add(peer)
-        self._users.setdefault(peer.user_id, set()).add(peer)
+        conns = self._users.setdefault(peer.user_id, set())
+        conns.add(peer)
         self.metrics.ws_connections.set(len(self._peers))
         self.metrics.users_online.set(len(self._users))
-        await self.presence.connected(peer.user_id)
+        if len(conns) == 1:
+            if self.bus is not None:
+                self.bus.want(user_channel(peer.user_id), self._on_bus)
+            await self.presence.user_arrived(peer.user_id)
 
     async def remove(self, peer: Any) -> None:
         """Forget a closed connection: its rooms, its typing, and the user's presence."""
@@ -113,15 +153,31 @@ class Hub:
         conns.discard(peer)
         if not conns:
             self._users.pop(user_id, None)
-        rooms = list(peer.rooms)
-        left = [room for room in rooms if self._leave(peer, room)]
+        left = [room for room in list(peer.rooms) if self._leave(peer, room)]
         self.metrics.ws_connections.set(len(self._peers))
         self.metrics.users_online.set(len(self._users))
-        if await self.presence.disconnected(user_id, len(conns)):
-            entry = await self.presence.get(user_id)
-            self._deliver_many(left, p.encode(p.PRESENCE_UPDATED, entry), p.PRESENCE_UPDATED)
         for room in left:
-            self.deliver(self._rooms.get(room, ()), p.encode(p.ROOM_LEFT, {"room": room, "user": user_id}), p.ROOM_LEFT)
+            await self.presence.room_left(room, user_id)
+        if conns:
+            await self._announce_left(left, user_id)
+            return
+        if self.bus is not None:
+            self.bus.unwant(user_channel(user_id))
+        if await self.presence.user_left(user_id):
+            await self._announce_departure(user_id, left, await self.presence.get(user_id))
+        else:
+            await self._announce_left(left, user_id)
+
+    async def _announce_departure(self, user_id: str, rooms: list[str], entry: dict[str, Any]) -> None:
+        """A user went offline: their rooms hear presence:updated, then room:left."""
+        self.publish_rooms(rooms, p.encode(p.PRESENCE_UPDATED, entry), p.PRESENCE_UPDATED)
+        for room in rooms:
+            self.publish_room(room, p.encode(p.ROOM_LEFT, {"room": room, "user": user_id}), p.ROOM_LEFT)
+
+    async def _announce_left(self, rooms: list[str], user_id: str) -> None:
+        for room in rooms:
+            if user_id not in await self.presence.room_users(room):  # not still there through another process
+                self.publish_room(room, p.encode(p.ROOM_LEFT, {"room": room, "user": user_id}), p.ROOM_LEFT)
 
     # -- rooms
 
@@ -132,23 +188,27 @@ class Hub:
         if room not in peer.rooms:
             if len(peer.rooms) >= self.settings.ws_max_rooms:
                 raise p.ProtocolError(p.E_ROOM_LIMIT, f"at most {self.settings.ws_max_rooms} rooms per connection")
-            members = self._rooms.setdefault(room, set())
-            first_of_user = not any(m.user_id == peer.user_id for m in members)
+            members = self._rooms.get(room)
+            if members is None:
+                members = self._rooms[room] = set()
+                if self.bus is not None:
+                    self.bus.want(room_channel(room), self._on_bus)
+            first_here = not any(m.user_id == peer.user_id for m in members)
             members.add(peer)
             peer.rooms.add(room)
-            if first_of_user:
-                entry = await self.presence.get(peer.user_id)
-                self.deliver(
-                    (m for m in members if m.user_id != peer.user_id),
-                    p.encode(p.ROOM_JOINED, {"room": room, **entry}), p.ROOM_JOINED,
-                )
+            if first_here:
+                elsewhere = peer.user_id in await self.presence.room_users(room)
+                await self.presence.room_joined(room, peer.user_id)
+                if not elsewhere:
+                    entry = await self.presence.get(peer.user_id)
+                    self.publish_room(room, p.encode(p.ROOM_JOINED, {"room": room, **entry}), p.ROOM_JOINED,
+                                      exclude_user=peer.user_id)
         return await self.get_room_presence(room)
 
     async def leave(self, peer: Any, room: str) -> None:
         if room in peer.rooms and self._leave(peer, room):
-            self.deliver(
-                self._rooms.get(room, ()), p.encode(p.ROOM_LEFT, {"room": room, "user": peer.user_id}), p.ROOM_LEFT
-            )
+            await self.presence.room_left(room, peer.user_id)
+            await self._announce_left([room], peer.user_id)
 
     def _leave(self, peer: Any, room: str) -> bool:
         """Remove the connection from a room; True when its user has no connection left there."""
@@ -159,6 +219,8 @@ class Hub:
         members.discard(peer)
         if not members:
             del self._rooms[room]
+            if self.bus is not None:
+                self.bus.unwant(room_channel(room))
         gone = not any(m.user_id == peer.user_id for m in members)
         if gone:
             self._stop_typing(peer.user_id, room, relay=True)
@@ -188,6 +250,8 @@ class Hub:
             recipients = set(self._users.get(to, ())) | self._users.get(peer.user_id, set())
             recipients.discard(peer)
             self.deliver(recipients, payload, p.MESSAGE_DIRECT)
+            for user in {to, peer.user_id}:
+                self._publish(user_channel(user), "u", p.MESSAGE_DIRECT, payload, user=user)
         return message
 
     async def history(self, principal: Any, room: str | None, with_user: str | None, before: int | None,
@@ -234,13 +298,16 @@ class Hub:
             self._relay_typing(user_id, room, p.TYPING_STOP)
 
     def _relay_typing(self, user_id: str, room: str, event: str) -> None:
-        payload = p.encode(event, {"room": room, "user": user_id})
-        self.deliver((m for m in self._rooms.get(room, ()) if m.user_id != user_id), payload, event)
+        self.publish_room(room, p.encode(event, {"room": room, "user": user_id}), event, exclude_user=user_id)
 
     async def set_presence(self, peer: Any, status: str) -> dict[str, Any]:
-        entry = await self.presence.set_status(peer.user_id, status)
-        rooms = set().union(*(c.rooms for c in self._users.get(peer.user_id, ())))
-        self._deliver_many(rooms, p.encode(p.PRESENCE_UPDATED, entry), p.PRESENCE_UPDATED)
+        """Set the user's status; the members of every room they are in (on any process) hear it."""
+        user_id = peer.user_id
+        entry = await self.presence.set_status(user_id, status)
+        rooms = set().union(*(c.rooms for c in self._users.get(user_id, ()))) | set(
+            await self.presence.user_rooms(user_id)
+        )
+        self.publish_rooms(rooms, p.encode(p.PRESENCE_UPDATED, entry), p.PRESENCE_UPDATED)
         return entry
 
     # -- delivery
@@ -259,26 +326,87 @@ class Hub:
             counter.inc(sent)
         return sent
 
-    def _deliver_many(self, rooms: Iterable[str], payload: bytes, event: str) -> int:
+    def _deliver_many(self, rooms: Iterable[str], payload: bytes, event: str, exclude_user: str | None = None) -> int:
         """Deliver to the members of several rooms, each connection once."""
         peers: set[Any] = set()
         for room in rooms:
             peers.update(self._rooms.get(room, ()))
+        if exclude_user is not None:
+            peers = {m for m in peers if m.user_id != exclude_user}
         return self.deliver(peers, payload, event)
 
-    def publish_room(self, room: str, payload: bytes, event: str) -> int:
-        return self.deliver(self._rooms.get(room, ()), payload, event)
+    def publish_room(self, room: str, payload: bytes, event: str, exclude_user: str | None = None) -> int:
+        """Deliver to the room's members on every process (``exclude_user``: not to that user)."""
+        members = self._rooms.get(room, ())
+        if exclude_user is not None:
+            members = [m for m in members if m.user_id != exclude_user]
+        sent = self.deliver(members, payload, event)
+        self._publish(room_channel(room), "r", event, payload, room=room, exclude=exclude_user)
+        return sent
 
-    # -- the server-side API
+    def publish_rooms(self, rooms: Iterable[str], payload: bytes, event: str) -> int:
+        """Deliver to the members of several rooms on every process, each connection once."""
+        rooms = sorted(set(rooms))
+        if not rooms:
+            return 0
+        sent = self._deliver_many(rooms, payload, event)
+        self._publish(BROADCAST_CHANNEL, "m", event, payload, rooms=rooms)
+        return sent
+
+    # -- the bus
+
+    def _publish(self, channel: str, kind: str, event: str, payload: bytes, **fields: Any) -> None:
+        if self.bus is None:
+            return
+        header = {"o": self.node_id, "k": kind, "e": event, **{k: v for k, v in fields.items() if v is not None}}
+        self.bus.send(channel, orjson.dumps(header) + b"\n" + payload)
+
+    def _on_bus(self, channel: str, data: bytes) -> None:
+        """A message from another process: deliver it to the members here."""
+        if data.startswith(b'{"o":' + self._origin):
+            return  # published here, and delivered here already
+        newline = data.find(b"\n")
+        header = orjson.loads(data[:newline])
+        payload = data[newline + 1:]
+        kind, event = header["k"], header.get("e", "")
+        if kind == "r":
+            members = self._rooms.get(header["room"], ())
+            exclude = header.get("exclude")
+            if exclude is not None:
+                members = [m for m in members if m.user_id != exclude]
+            self.deliver(members, payload, event)
+        elif kind == "m":
+            self._deliver_many(header["rooms"], payload, event)
+        elif kind == "u":
+            self.deliver(self._users.get(header["user"], ()), payload, event)
+        elif kind == "b":
+            self.deliver(self._peers, payload, event)
+        elif kind == "c":
+            self._close_user(header["user"], header["code"], header["reason"])
+
+    async def _on_bus_connected(self) -> None:
+        """Redis is back (perhaps restarted, empty): write this process's presence again."""
+        heartbeat = getattr(self.presence, "heartbeat", None)
+        if heartbeat is not None:
+            try:
+                await heartbeat()
+            except Exception:
+                log.warning("presence resync after reconnect failed; the next heartbeat retries", exc_info=True)
+
+    # -- the server-side API (cluster-wide; each returns the deliveries made by this process)
 
     def send_to_user(self, user_id: str, event: str, data: Any) -> int:
-        return self.deliver(self._users.get(user_id, ()), p.encode(event, data), event)
+        payload = p.encode(event, data)
+        self._publish(user_channel(user_id), "u", event, payload, user=user_id)
+        return self.deliver(self._users.get(user_id, ()), payload, event)
 
     def send_to_room(self, room: str, event: str, data: Any) -> int:
         return self.publish_room(room, p.encode(event, data), event)
 
     def broadcast(self, event: str, data: Any) -> int:
-        return self.deliver(self._peers, p.encode(event, data), event)
+        payload = p.encode(event, data)
+        self._publish(BROADCAST_CHANNEL, "b", event, payload)
+        return self.deliver(self._peers, payload, event)
 
     async def get_user_presence(self, user_id: str) -> dict[str, Any]:
         return await self.presence.get(user_id)
@@ -287,11 +415,18 @@ class Hub:
         return await self.presence.online_users()
 
     async def get_room_presence(self, room: str) -> list[dict[str, Any]]:
-        """The members of ``room`` online now, with their presence."""
-        users = sorted({m.user_id for m in self._rooms.get(room, ())})
-        return await self.presence.get_many(users)
+        """The members of ``room`` online now, on every process, with their presence."""
+        users = {m.user_id for m in self._rooms.get(room, ())} | set(await self.presence.room_users(room))
+        return await self.presence.get_many(sorted(users))
 
     def disconnect_user(self, user_id: str, code: int = p.CLOSE_FORBIDDEN, reason: str = "disconnected") -> int:
+        """Close every connection of the user, on every process."""
+        if self.bus is not None:
+            header = {"o": self.node_id, "k": "c", "user": user_id, "code": code, "reason": reason}
+            self.bus.send(user_channel(user_id), orjson.dumps(header) + b"\n")
+        return self._close_user(user_id, code, reason)
+
+    def _close_user(self, user_id: str, code: int, reason: str) -> int:
         peers = tuple(self._users.get(user_id, ()))
         for peer in peers:
             peer.close_connection(code, reason)
