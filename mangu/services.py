@@ -13,11 +13,17 @@ import socket
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
 from mangu import __version__
 from mangu.config import Settings
 from mangu.db import Database
 from mangu.embedded_mongo import EmbeddedMongo, EmbeddedMongoError
+from mangu.health import Health
 from mangu.metrics import Metrics
+from mangu.realtime.bus import Bus
 from mangu.store.books import BookStore
 from mangu.store.messages import MessageStore
 from mangu.store.users import UserStore
@@ -49,14 +55,29 @@ class Services:
         self.messages = MessageStore(self.db)
         self.users = UserStore(self.db)
         self.books = BookStore(self.db)
+        # -- Redis (general-purpose client; None without REDIS_URL), the bus, health
+        self.redis = _redis_client(settings) if settings.redis_url else None
+        self.bus = (
+            Bus(self.redis, self.node_id, self.metrics, timeout=settings.redis_timeout / 1000)
+            if self.redis is not None else None
+        )
+        self.health = Health(self)
 
     @property
     def draining(self) -> bool:
         return self.state in (DRAINING, STOPPED)
 
+    @property
+    def serving(self) -> bool:
+        """Started and not draining."""
+        return self.state == READY
+
     async def start(self) -> None:
         """Connect what there is to connect; never blocks on a dependency that is down."""
         await self._start_database()
+        if self.bus is not None:
+            await self.bus.start()
+        self.health.loop_lag.start()
         self.state = READY
 
     async def _start_database(self) -> None:
@@ -72,6 +93,22 @@ class Services:
     async def close(self) -> None:
         """Release every connection and background task."""
         self.state = STOPPED
+        await self.health.loop_lag.close()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.db.close()
         if self.embedded_mongo is not None:
             await self.embedded_mongo.stop()
+
+
+def _redis_client(settings: Settings) -> Redis:
+    """The shared Redis client: REDIS_TIMEOUT bounds every connect and reply; one immediate
+    retry replaces a pooled connection that went stale (after a Redis restart)."""
+    timeout = settings.redis_timeout / 1000
+    assert settings.redis_url is not None
+    return Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1), client_name="mangu",
+    )
