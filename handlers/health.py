@@ -1,10 +1,14 @@
-"""Operations endpoints: /ping, the liveness probe and the readiness probe."""
+"""Operations endpoints: /ping, liveness, readiness, the deep health check and the Prometheus
+metrics. None of them is rate limited (``rate_limit = None``): probes and scrapes must get
+through exactly when the server is under load."""
 
 from __future__ import annotations
 
 import time
 
-from handlers.base import APIError, APIHandler
+from handlers.base import APIHandler
+
+HEALTH_JSON = "application/health+json"
 
 
 class PingHandler(APIHandler):
@@ -30,20 +34,52 @@ class LiveHandler(APIHandler):
 
 
 class ReadyHandler(APIHandler):
-    """Readiness: 503 from the moment a shutdown starts, so load balancers stop sending here."""
+    """Readiness: 200 when this process can serve traffic (started, not draining, MongoDB
+    up), else 503 with the reason. Redis being down does not make it unready."""
 
     rate_limit = None
 
     def get(self) -> None:
-        services = self.services
-        if services.draining:
-            raise APIError(503, "draining", "shutting down", node_id=services.node_id)
-        self.write_json({"status": "ready", "node_id": services.node_id})
+        ready, reason = self.services.health.readiness()
+        self.write_json({"status": "ready" if ready else "not_ready", "reason": reason,
+                         "node_id": self.services.node_id}, 200 if ready else 503)
+
+
+class HealthHandler(APIHandler):
+    """The deep check: 200 healthy or degraded, 503 unhealthy or unavailable; in the IETF
+    health-check format when the client accepts ``application/health+json``."""
+
+    rate_limit = None
+
+    async def get(self) -> None:
+        health = self.services.health
+        report = await health.report()
+        status = health.http_status(report)
+        if HEALTH_JSON in self.request.headers.get("Accept", ""):
+            self.write_json(health.ietf(report), status)
+            self.set_header("Content-Type", f"{HEALTH_JSON}; charset=utf-8")
+        else:
+            self.write_json(report, status)
+
+
+class MetricsHandler(APIHandler):
+    """Prometheus exposition (OpenMetrics when the Accept header asks for it)."""
+
+    rate_limit = None
+
+    def get(self) -> None:
+        body, content_type = self.services.metrics.render(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.write(body)
 
 
 default_handlers = [
     (r"/ping", PingHandler),
+    (r"/api/health", HealthHandler),
     (r"/api/health/live", LiveHandler),
     (r"/livez", LiveHandler),
     (r"/api/health/ready", ReadyHandler),
+    (r"/readyz", ReadyHandler),
+    (r"/api/health/metrics", MetricsHandler),
+    (r"/metrics", MetricsHandler),
 ]

@@ -15,15 +15,14 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from pathlib import Path
 
+import bson
 import psutil
-import pymongo
-from pymongo import AsyncMongoClient
-from pymongo.errors import PyMongoError
 
 log = logging.getLogger("mangu.embedded_mongo")
 
@@ -31,6 +30,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 _PR_SET_PDEATHSIG = 1
 _WATCHDOG_INTERVAL_S = 0.5
 _PORT_ATTEMPTS = 3
+_OP_MSG = 2013
 
 
 class EmbeddedMongoError(Exception):
@@ -133,28 +133,31 @@ def _free_port(host: str) -> int:
 
 async def _answers(proc: asyncio.subprocess.Process, host: str, port: int, deadline: float) -> bool:
     """True once the child answers a ping; False if it exits or the deadline passes."""
-    # Poll the port first: the driver re-checks a refused server only every 500 ms.
     while proc.returncode is None and time.monotonic() < deadline:
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 0.5)
-        except (OSError, TimeoutError):
-            await asyncio.sleep(0.02)
-            continue
+            if await asyncio.wait_for(_ping(host, port), 1.0):
+                return True
+        except (OSError, TimeoutError, ValueError):
+            pass
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def _ping(host: str, port: int) -> bool:
+    """One ``ping`` command as an OP_MSG on a fresh connection. (A throwaway driver client
+    would start monitors that closing it too early can leave with an open socket.)"""
+    body = b"\x00\x00\x00\x00" + b"\x00" + bson.encode({"ping": 1, "$db": "admin"})  # flags, section 0
+    header = struct.pack("<iiii", 16 + len(body), 1, 0, _OP_MSG)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(header + body)
+        await writer.drain()
+        length, _, _, opcode = struct.unpack("<iiii", await reader.readexactly(16))
+        reply = await reader.readexactly(length - 16)
+    finally:
         writer.close()
         await writer.wait_closed()
-        break
-    client: AsyncMongoClient = AsyncMongoClient(host, port, directConnection=True)
-    try:
-        while proc.returncode is None and time.monotonic() < deadline:
-            try:
-                with pymongo.timeout(max(deadline - time.monotonic(), 0.1)):
-                    await client.admin.command("ping")
-                return True
-            except PyMongoError:
-                await asyncio.sleep(0.05)
-        return False
-    finally:
-        await client.close()
+    return opcode == _OP_MSG and bson.decode(reply[5:]).get("ok") == 1
 
 
 async def _end(proc: asyncio.subprocess.Process, timeout: float) -> int:

@@ -13,15 +13,22 @@ import socket
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
 from mangu import __version__
 from mangu.auth import TokenAuthority
 from mangu.config import Settings
 from mangu.db import Database
 from mangu.embedded_mongo import EmbeddedMongo, EmbeddedMongoError
+from mangu.health import Health
 from mangu.inflight import InFlightRequests
 from mangu.metrics import Metrics
 from mangu.ratelimit import RateLimiter
+from mangu.realtime.bus import Bus
 from mangu.realtime.hub import Hub
+from mangu.realtime.presence import ClusterPresence, LocalPresence, Presence
 from mangu.store.books import BookStore
 from mangu.store.messages import MessageStore
 from mangu.store.users import UserStore
@@ -55,8 +62,20 @@ class Services:
         self.messages = MessageStore(self.db)
         self.users = UserStore(self.db)
         self.books = BookStore(self.db)
-        # -- realtime
-        self.hub = Hub(settings, self.metrics, self.node_id, messages=self.messages)
+        # -- Redis (general-purpose client; None without REDIS_URL), the bus, health
+        self.redis = _redis_client(settings) if settings.redis_url else None
+        self.bus = (
+            Bus(self.redis, self.node_id, self.metrics, timeout=settings.redis_timeout / 1000)
+            if self.redis is not None else None
+        )
+        # -- realtime: the hub, with presence shared through Redis when there is one
+        presence: Presence = LocalPresence()
+        if self.redis is not None:
+            presence = ClusterPresence(self.redis, self.node_id, settings.presence_ttl, self.metrics,
+                                       local_rooms=lambda: self.hub.local_rooms_by_user())
+        self.hub = Hub(settings, self.metrics, self.node_id, messages=self.messages, presence=presence,
+                       bus=self.bus)
+        self.health = Health(self)
         # graceful shutdown (mangu/lifecycle.py): the HTTP requests it waits for
         self.in_flight = InFlightRequests(self.metrics.http_requests_in_flight)
 
@@ -64,10 +83,19 @@ class Services:
     def draining(self) -> bool:
         return self.state in (DRAINING, STOPPED)
 
+    @property
+    def serving(self) -> bool:
+        """Started and not draining."""
+        return self.state == READY
+
     async def start(self) -> None:
         """Connect what there is to connect; never blocks on a dependency that is down."""
         await self.limiter.start()
         await self._start_database()
+        if self.bus is not None:
+            await self.bus.start()
+        await self.hub.start()
+        self.health.loop_lag.start()
         self.state = READY
 
     async def _start_database(self) -> None:
@@ -93,6 +121,23 @@ class Services:
         """Release every connection and background task."""
         await self.limiter.close()
         self.state = STOPPED
+        await self.health.loop_lag.close()
+        await self.hub.close()  # this process's presence entries leave Redis
+        if self.bus is not None:
+            await self.bus.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.db.close()
         if self.embedded_mongo is not None:
             await self.embedded_mongo.stop()
+
+
+def _redis_client(settings: Settings) -> Redis:
+    """The shared Redis client: REDIS_TIMEOUT bounds every connect and reply; one immediate
+    retry replaces a pooled connection that went stale (after a Redis restart)."""
+    timeout = settings.redis_timeout / 1000
+    assert settings.redis_url is not None
+    return Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1), client_name="mangu",
+    )

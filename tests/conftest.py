@@ -73,6 +73,16 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoProc
 
 
 @pytest.fixture
+def own_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoProcess]:
+    """An nx-27017 of this test's own, not started yet: the test starts, stops and kills it."""
+    server = MongoProcess(tmp_path_factory.mktemp("own-mongo"))
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
 def mongo_url(request: pytest.FixtureRequest) -> str:
     """MONGODB_URL when set (a real MongoDB), else the session's nx-27017 child."""
     url = os.environ.get("MONGODB_URL")

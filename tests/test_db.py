@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -17,30 +16,12 @@ from pymongo import AsyncMongoClient
 from mangu.db import DatabaseUnavailable
 from mangu.embedded_mongo import EmbeddedMongo
 from mangu.log import bind_context, reset_context
-from tests.support.app import RunningApp
+from tests.support.app import RunningApp, eventually
 from tests.support.procs import MongoProcess, ServerProcess, port_open, wait_until
 
 
 def sample(app: RunningApp, name: str, **labels: str) -> float:
     return app.services.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(interval)
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[MongoProcess]:
-    """An nx-27017 of this test's own, not started: the test stops and starts it."""
-    server = MongoProcess(tmp_path / "mongo")
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 async def test_200_concurrent_queries_stay_within_the_pool_and_idle_connections_close(start_app) -> None:
@@ -150,7 +131,7 @@ async def test_database_down_at_start_then_up_without_restart(start_app, own_mon
     assert sample(app, "mangu_db_calls_refused_total") == refused_before + 1
     assert not db.available
 
-    own_mongo.start()
+    await asyncio.to_thread(own_mongo.start)
     await eventually(lambda: db.available, what="MongoDB to be seen again")
     message, created = await app.services.messages.append("book:1", "ana", "hello", "c-1")
     assert created and message["seq"] == 1
@@ -161,12 +142,12 @@ async def test_database_down_at_start_then_up_without_restart(start_app, own_mon
 
 
 async def test_outage_while_running_fails_fast_and_recovers(start_app, own_mongo: MongoProcess, log_capture) -> None:
-    own_mongo.start()
+    await asyncio.to_thread(own_mongo.start)
     app = await start_app(MONGODB_URL=own_mongo.url, DATABASE_HEARTBEAT_INTERVAL=500)
     messages, db = app.services.messages, app.services.db
     await messages.append("book:2", "ana", "before", "c-1")
 
-    own_mongo.kill()
+    await asyncio.to_thread(own_mongo.kill)
     await eventually(lambda: db.known_down, what="the outage to be noticed")
     t0 = time.monotonic()
     with pytest.raises(DatabaseUnavailable):
@@ -176,7 +157,7 @@ async def test_outage_while_running_fails_fast_and_recovers(start_app, own_mongo
                      what="the outage log line")
     assert sample(app, "mangu_db_up") == 0
 
-    own_mongo.start()
+    await asyncio.to_thread(own_mongo.start)
     await eventually(lambda: db.available, what="MongoDB to come back")
     history = await messages.history("book:2")
     assert [m["text"] for m in history] == ["before"]  # the same data, no restart

@@ -181,7 +181,9 @@ def test_sigterm_lets_in_flight_requests_finish_after_readiness_turns_503(mongo_
     }).start()
     pool = ThreadPoolExecutor(10)
     try:
-        assert get(server.port, "/api/health/ready") == (200, {"status": "ready", "node_id": wait_node_id(server)})
+        assert get(server.port, "/api/health/ready") == (
+            200, {"status": "ready", "reason": "ready", "node_id": wait_node_id(server)}
+        )
         slow = [pool.submit(get, server.port, "/_test/slow?ms=3000", 20) for _ in range(10)]
         wait_until(lambda: messages_of(server).count("slow request started") == 10, 10, what="10 requests in flight")
 
@@ -189,7 +191,7 @@ def test_sigterm_lets_in_flight_requests_finish_after_readiness_turns_503(mongo_
         server.signal(signal.SIGTERM)
         # readiness says 503 at once, on new connections, while the listener is still open...
         status, body, headers = wait_until(lambda: poll_ready(server.port), 1.0, interval=0.01, what="readiness 503")
-        assert status == 503 and body["error"]["code"] == "draining"
+        assert status == 503 and body["reason"] == "draining"
         assert headers["Connection"] == "close"  # the next request goes elsewhere
         # ...then the listener closes: new connections are refused
         wait_until(lambda: not port_open(server.port), 5, what="the listener to close")
@@ -277,7 +279,7 @@ async def test_readiness_is_503_once_draining(app: RunningApp) -> None:
     app.services.state = DRAINING
     response = await app.fetch("/api/health/ready")
     assert response.code == 503
-    assert json_body(response)["error"]["code"] == "draining"
+    assert json_body(response)["reason"] == "draining"
 
 
 async def test_test_only_endpoints_are_404_outside_the_test_environment(start_app, mongo_url: str) -> None:

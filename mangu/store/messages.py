@@ -16,8 +16,8 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from mangu import clock
 from mangu.db import Database
-from mangu.store import clock
 from mangu.store.fields import Fields
 
 ROOM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")

@@ -9,7 +9,6 @@ from typing import Any
 from bson import ObjectId
 
 from mangu.db import Database
-from mangu.store import clock
 from mangu.store.errors import NotFound, ValidationError
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")
@@ -42,7 +41,7 @@ async def update_by_id(
     async with db.operation() as mdb:
         # update_one then find_one, not find_one_and_update: nx-27017 answers a unique
         # violation there with "no document" instead of the duplicate-key error.
-        result = await mdb[collection].update_one({"_id": oid}, clock.set_and_touch(changes))
+        result = await mdb[collection].update_one({"_id": oid}, _set_and_touch(changes))
         doc = await mdb[collection].find_one({"_id": oid}) if result.matched_count else None
     if doc is None:
         raise NotFound(not_found)
@@ -55,3 +54,9 @@ async def delete_by_id(db: Database, collection: str, value: Any, not_found: str
         result = await mdb[collection].delete_one({"_id": oid})
     if result.deleted_count == 0:
         raise NotFound(not_found)
+
+
+def _set_and_touch(changes: dict[str, Any]) -> dict[str, Any]:
+    """Set ``changes`` and stamp ``updated_at`` with the database's clock. ($currentDate,
+    not a datetime in $set: nx-27017 stores the latter as a string.)"""
+    return {"$set": changes, "$currentDate": {"updated_at": True}}

@@ -17,8 +17,8 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
+from mangu import clock
 from mangu.db import Database
-from mangu.store import clock
 from mangu.store.errors import Conflict, NotFound
 from mangu.store.fields import Fields
 from mangu.store.paging import MAX_LIMIT, Page, keyset_page, read_cursor

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -78,6 +81,19 @@ class RunningApp:
             self.url(path), method=method, body=body, headers=headers, raise_error=False,
             allow_nonstandard_methods=True, request_timeout=30, **kwargs,
         )
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+                     what: str = "") -> Any:
+    """Await until ``predicate()`` is true (its value is returned), without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(interval)
 
 
 def json_body(response: HTTPResponse) -> Any:
