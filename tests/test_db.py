@@ -54,6 +54,7 @@ async def test_slow_query_is_logged_with_correlation_id_and_every_command_is_tim
     try:
         for i in range(3):
             await app.services.messages.append("book:9", "ana", f"secret text {i}", f"c-{i}")
+            await app.services.messages.history("book:9", after=i)
     finally:
         reset_context(token)
 
