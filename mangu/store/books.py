@@ -163,6 +163,18 @@ class BookStore:
         except DuplicateKeyError:
             raise _conflict(doc.get("isbn")) from None
 
+    async def replace(self, book_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Replace every field (the rules of ``create``): an optional field left out is cleared."""
+        fields = Fields()
+        doc = _read(fields, fields.only(data, FIELDS), partial=False)
+        fields.check()
+        doc.setdefault("published", None)
+        doc.setdefault("description", None)
+        try:
+            return _public(await update_by_id(self._db, "books", book_id, doc, _NOT_FOUND))
+        except DuplicateKeyError:
+            raise _conflict(doc["isbn"]) from None
+
     async def delete(self, book_id: str) -> None:
         await delete_by_id(self._db, "books", book_id, _NOT_FOUND)
 
