@@ -57,7 +57,7 @@ class RegisterHandler(_TokenHandler):
     rate_limit = "strict"
 
     async def prepare(self) -> None:
-        if not self.config.enable_registration and self.request.method != "OPTIONS":
+        if not self.config.enable_registration:
             raise APIError(404, message=f"no such endpoint: {self.request.method} {self.request.path}")
         await super().prepare()
 

@@ -198,6 +198,7 @@ class BookStore:
         if genre is not None:
             query["genres"] = genre.lower()
         if prefix is not None:
-            query["title_key"] = {"$regex": "^" + re.escape(prefix.casefold())}
+            # MongoDB refuses a pattern holding a NUL byte: spell it as the escape \x00.
+            query["title_key"] = {"$regex": "^" + re.escape(prefix.casefold()).replace("\x00", "\\x00")}
         async with self._db.operation() as db:
             return await keyset_page(db.books, query, after, limit, _public)
