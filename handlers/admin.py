@@ -23,11 +23,8 @@ DEFAULT_REASON = "disconnected by an operator"
 async def publish(hub: Hub, target: str, target_id: str | None, event: str, data: dict[str, Any]) -> int:
     """The one place admin events enter the hub; the number of connections of this process
     that took the event."""
-    if target == "room":
-        return hub.send_to_room(target_id, event, data)
-    if target == "user":
-        return hub.send_to_user(target_id, event, data)
-    return hub.broadcast(event, data)
+    deliver = {"room": hub.send_to_room, "user": hub.send_to_user, "broadcast": hub.broadcast}[target]
+    return deliver(*((event, data) if target == "broadcast" else (target_id, event, data)))
 
 
 async def disconnect(hub: Hub, user_id: str, reason: str) -> int:
