@@ -113,7 +113,8 @@ async def test_disconnect_closes_every_socket_of_the_user_with_4003(api) -> None
     assert body["disconnected"] == 1 and await alice.closed() == 4003
     assert alice.close_reason == "disconnected by an operator"
 
-    for bad, field in (({"user_id": "a b"}, "user_id"), ({}, "user_id"), ({"user_id": "bob", "reason": "é" * 70}, "reason"),
+    for bad, field in (({"user_id": "a b"}, "user_id"), ({}, "user_id"),
+                       ({"user_id": "bob", "reason": "é" * 70}, "reason"),  # 70 characters, 140 bytes
                        ({"user_id": "bob", "reason": "x" * 101}, "reason"), ({"user_id": "bob", "code": 1000}, "code")):
         status, payload, _ = await call(api, "POST", "/api/admin/disconnect", bad, as_user="root", roles=("admin",))
         assert field in error_of(status, payload, 400, "invalid_input")["fields"], bad

@@ -151,7 +151,8 @@ async def test_filters_and_paging_parameters(api) -> None:
 async def test_paging_returns_every_book_exactly_once_while_books_are_added(api) -> None:
     before = set()
     for n in range(30):
-        status, book, _ = await as_editor(api, "POST", "/api/books", {"title": f"Book {n}", "author": "A", "isbn": isbn(n)})
+        status, book, _ = await as_editor(api, "POST", "/api/books",
+                                          {"title": f"Book {n}", "author": "A", "isbn": isbn(n)})
         before.add(book["id"])
     added: set[str] = set()
 

@@ -55,8 +55,8 @@ async def test_schemathesis_finds_no_5xx_and_no_answer_off_the_description(start
     await app.services.users.create("ann", "correct horse battery")
     for n in range(3):
         await app.services.messages.append("book:42", "ann", f"message {n}")
-    status, _, _ = await call(app, "POST", "/api/books", {"title": "Dune", "author": "Frank Herbert",
-                                                          "isbn": "978-0-441-17271-9"}, as_user="root", roles=("admin",))
+    dune = {"title": "Dune", "author": "Frank Herbert", "isbn": "978-0-441-17271-9"}
+    status, _, _ = await call(app, "POST", "/api/books", dune, as_user="root", roles=("admin",))
     assert status == 201
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "schemathesis.cli", "run", app.url("/api/openapi.json"),
