@@ -7,9 +7,9 @@ from typing import Any
 
 
 def routes(settings: Any) -> list[tuple[Any, ...]]:
-    from handlers import health, socket
+    from handlers import admin, auth, books, health, openapi, rooms, socket
 
-    modules = [health]
+    modules = [health, auth, books, rooms, admin, openapi]
     if settings.enable_websocket:
         modules.append(socket)
     collected: list[tuple[Any, ...]] = []

@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import tornado.web
 
+from mangu import cors
 from mangu.auth import AuthError, Principal
 from mangu.clientip import client_ip
+from mangu.db import DatabaseUnavailable
 from mangu.log import bind_context, redact_text
 from mangu.ratelimit import Decision, Policy, RateLimitUnavailable
 from mangu.ratelimit.headers import response_headers, retry_after_seconds
+from mangu.store.errors import Conflict, NotFound, ValidationError
 
 if TYPE_CHECKING:
     from mangu.config import Settings
@@ -25,6 +28,7 @@ access_log = logging.getLogger("mangu.access")
 app_log = logging.getLogger("mangu.http")
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_QUERY_INTEGER = re.compile(r"-?[0-9]{1,19}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 ERROR_CODES = {
@@ -69,6 +73,20 @@ class APIError(tornado.web.HTTPError):
         self.message = message or reason
         self.headers = headers or {}  # set on the error response (send_error clears earlier ones)
         self.extra = extra
+
+
+def api_error(exc: BaseException | None) -> APIError | None:
+    """The answer to an error of the layers below (stores, database), or None when it has
+    none and is a bug: every handler's errors are mapped here, in one place."""
+    if isinstance(exc, ValidationError):
+        return APIError(400, "invalid_input", f"invalid {', '.join(exc.fields)}", fields=exc.fields)
+    if isinstance(exc, Conflict):
+        return APIError(409, "conflict", str(exc), field=exc.field)
+    if isinstance(exc, NotFound):
+        return APIError(404, "not_found", str(exc))
+    if isinstance(exc, DatabaseUnavailable):
+        return APIError(503, "unavailable", "storage is unavailable; retry shortly", headers={"Retry-After": "1"})
+    return None
 
 
 def request_correlation_id(headers: Any) -> str:
@@ -169,6 +187,10 @@ class MaguHandlerMixin:
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        mapped = None if isinstance(exc, APIError) else api_error(exc)
+        if mapped is not None:  # Tornado took it for a 500; it is the client's error or a known outage
+            exc, status_code = mapped, mapped.status_code
+            self.set_status(status_code)
         error: dict[str, Any] = {"status": status_code}
         for name, value in self._rate_limit_headers.items():  # send_error cleared them
             self.set_header(name, value)
@@ -191,13 +213,15 @@ class MaguHandlerMixin:
         self.finish(orjson.dumps({"error": error}))
 
     def allowed_methods(self) -> list[str]:
+        """The methods this route serves (OPTIONS, answered on every API route for CORS, aside)."""
         base = tornado.web.RequestHandler
         return [
             m for m in self.SUPPORTED_METHODS
-            if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)
+            if m != "OPTIONS" and getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)
         ]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        value = api_error(value) or value
         if isinstance(value, tornado.web.HTTPError):
             if value.status_code >= 500 or value.log_message:
                 app_log.warning(
@@ -228,7 +252,8 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         A subclass that overrides ``prepare`` starts with ``await super().prepare()``.
         """
         limiter = self.services.limiter
-        if self.rate_limit is None or not limiter.enabled:
+        # A CORS preflight is the browser's, not the caller's: it does not spend their quota.
+        if self.rate_limit is None or not limiter.enabled or self.request.method == "OPTIONS":
             return
         user = self.current_user if "Authorization" in self.request.headers else None
         decision = await limiter.take_request(self.rate_limit, user.user_id if user else None, self.client_ip)
@@ -263,6 +288,59 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
                 429, "rate_limited", f"too many requests ({policy.name} limit); retry in {retry}s",
                 headers={"Retry-After": str(retry)}, policy=policy.name, retry_after=retry,
             )
+
+    # -- CORS (mangu.cors): the CLIENT_URL origins may call the API from a browser
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        if "*" not in self.config.client_url:
+            self.set_header("Vary", "Origin")
+        origin = cors.allowed_origin(self.request.headers.get("Origin"), self.config.client_url)
+        if origin is not None:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", cors.EXPOSED_RESPONSE_HEADERS)
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """A CORS preflight (or a plain OPTIONS): 204 with what this route accepts; 403 for a
+        preflight from an origin CLIENT_URL does not list."""
+        methods = ", ".join(self.allowed_methods())
+        origin = self.request.headers.get("Origin")
+        if origin and self.request.headers.get("Access-Control-Request-Method"):
+            if cors.allowed_origin(origin, self.config.client_url) is None:
+                raise APIError(403, "forbidden", "origin not allowed")
+            self.set_header("Access-Control-Allow-Methods", methods)
+            self.set_header("Access-Control-Allow-Headers", cors.ALLOWED_REQUEST_HEADERS)
+            self.set_header("Access-Control-Max-Age", str(cors.PREFLIGHT_MAX_AGE))
+        self.set_header("Allow", methods)
+        self.set_status(204)
+
+    # -- request parsing
+
+    def query_arguments(self, strings: tuple[str, ...] = (), integers: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The query parameters given, by name: ``strings`` as text, ``integers`` as ints.
+
+        ValidationError (a 400 listing each) for a parameter that is unknown, repeated or not
+        a whole number: a typo or an ``author[$ne]=`` never passes silently.
+        """
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name, given in self.request.query_arguments.items():
+            shown = name[:64]
+            if name not in strings and name not in integers:
+                problems[shown] = "unknown parameter"
+            elif len(given) > 1:
+                problems[shown] = "given more than once"
+            else:
+                text = self.decode_argument(given[0], name)
+                if name in strings:
+                    values[name] = text
+                elif _QUERY_INTEGER.fullmatch(text.strip()):
+                    values[name] = int(text)
+                else:
+                    problems[shown] = "expected an integer"
+        if problems:
+            raise ValidationError(problems)
+        return values
 
     def get_current_user(self) -> Principal | None:
         """The principal of a valid ``Authorization: Bearer`` token; None when absent or invalid

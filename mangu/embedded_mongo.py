@@ -125,6 +125,20 @@ class EmbeddedMongo:
         self._pid_file.unlink(missing_ok=True)
 
 
+def running_url(directory: str | Path) -> str | None:
+    """The URL of the embedded MongoDB another process (a running server) keeps on
+    ``directory``, so that a command-line tool can use the same database; None when none runs."""
+    try:
+        pid = int((Path(directory) / "nx-27017.pid").read_text().strip())
+        command = psutil.Process(pid).cmdline()
+        host, port = command[command.index("--host") + 1], int(command[command.index("-p") + 1])
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    if "mangu.embedded_mongo" not in command:
+        return None
+    return f"mongodb://{host}:{port}/"
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -93,9 +94,11 @@ def mongo_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def mongo_db(request: pytest.FixtureRequest) -> str:
-    """A database name of this test's own."""
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]
-    return f"{name}_{os.getpid()}"
+    """A database name of this test's own (parametrized tests included: their names differ
+    only at the end, so the name carries a digest of the whole test name)."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:32]
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    return f"{name}_{digest}_{os.getpid()}"
 
 
 @pytest.fixture

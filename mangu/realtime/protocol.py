@@ -49,6 +49,15 @@ SERVER_EVENTS = frozenset(
     {ACK, ERROR, SESSION_READY, MESSAGE_RECEIVED, MESSAGE_DIRECT, TYPING_START, TYPING_STOP, PRESENCE_UPDATED,
      ROOM_JOINED, ROOM_LEFT, AUTH_EXPIRING, SYSTEM_SHUTDOWN}
 )
+# Events operators may publish through the admin API: ``system:<name>``, except the ones the
+# server sends itself (a published ``system:shutdown`` would tell clients to reconnect).
+PUBLISHABLE_EVENT = re.compile(r"system:[a-z0-9][a-z0-9_.\-]{0,47}")
+
+
+def publishable_event(name: Any) -> bool:
+    return isinstance(name, str) and bool(PUBLISHABLE_EVENT.fullmatch(name)) and name not in SERVER_EVENTS
+
+
 # metric label values: every known event, anything else is "unknown" (bounded cardinality)
 METRIC_EVENTS = CLIENT_EVENTS | SERVER_EVENTS | {"system", "unknown"}
 

@@ -1,4 +1,4 @@
-"""The errors the stores raise; handlers map them to 422, 409 and 404."""
+"""The errors the stores raise; handlers/base.py maps them to 400, 409 and 404."""
 
 from __future__ import annotations
 
