@@ -410,7 +410,7 @@ function joinRoom(name) {
       saveRooms();
       if (current === view) showEmpty();
       else renderLists();
-      notice(`Could not join ${name}: ${err.message}`);
+      if (err.code !== "left") notice(`Could not join ${name}: ${err.message}`);
     },
   );
 }
@@ -457,8 +457,8 @@ function startChat() {
       showLogin("Your session has ended. Please log in again.");
     } else if (detail.reason === "forbidden") {
       notice("You were disconnected by the server.", { sticky: true });
-    } else if (detail.reason !== "closed") {
-      notice(`Disconnected (${detail.reason || detail.code}). Reload the page to connect again.`, { sticky: true });
+    } else if (detail.reason === "ended") {
+      notice(`Disconnected: ${detail.message}. Reload the page to connect again.`, { sticky: true });
     }
   });
   client.on("ready", (data) => {

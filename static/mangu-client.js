@@ -155,6 +155,7 @@ export class ManguClient {
     this._ws = null;
     this._ready = false;
     this._stopped = false;
+    this._stopError = null; // why the client stopped: later sends are refused with it
     this._attempt = 0;
     this._authRetries = 0;
     this._reconnectTimer = null;
@@ -209,6 +210,8 @@ export class ManguClient {
   connect() {
     if (this._ws || this._reconnectTimer) return;
     this._stopped = false;
+    this._stopError = null;
+    this._attempt = 0;
     globalThis.addEventListener?.("online", this._onOnline);
     this._open();
   }
@@ -222,7 +225,8 @@ export class ManguClient {
     const ws = this._ws;
     this._detach();
     if (ws && ws.readyState <= 1) ws.close(1000, "client closed");
-    this._failAll(new ManguError("closed", "the client was closed"));
+    this._stopError = new ManguError("closed", "the client was closed");
+    this._failAll(this._stopError);
     this._setState(STATES.OFFLINE, { reason: "closed" });
   }
 
@@ -274,18 +278,21 @@ export class ManguClient {
   _onClose(code, reason) {
     if (this._stopped) return;
     if (code === CLOSE_FORBIDDEN) {
-      this._stop(new ManguError("forbidden", reason || "disconnected by the server"), { code, reason: "forbidden" });
+      const message = reason || "disconnected by the server";
+      this._stop(new ManguError("forbidden", message), { code, reason: "forbidden", message });
     } else if (code === CLOSE_UNAUTHORIZED) {
       this._reauthenticate(reason);
     } else if (RECONNECT_CODES.has(code)) {
       this._scheduleReconnect({ code });
     } else {
-      this._stop(new ManguError("closed", reason || `closed with ${code}`), { code, reason: reason || "closed" });
+      const message = reason || `closed with ${code}`;
+      this._stop(new ManguError("closed", message), { code, reason: "ended", message });
     }
   }
 
   _stop(error, detail) {
     this._stopped = true;
+    this._stopError = error;
     globalThis.removeEventListener?.("online", this._onOnline);
     this._failAll(error);
     this._setState(STATES.OFFLINE, detail);
@@ -312,7 +319,8 @@ export class ManguClient {
     }
     if (this._stopped) return;
     if (!token) {
-      this._stop(new ManguError("unauthorized", reason || "the token was refused"), { code: CLOSE_UNAUTHORIZED, reason: "unauthorized" });
+      const message = reason || "the token was refused";
+      this._stop(new ManguError("unauthorized", message), { code: CLOSE_UNAUTHORIZED, reason: "unauthorized", message });
       return;
     }
     this.token = token;
@@ -397,7 +405,9 @@ export class ManguClient {
     }
     await Promise.allSettled([...this._rooms.keys()].map((room) => this._joinRoom(room)));
     await Promise.allSettled(
-      [...this._conversations.entries()].filter(([, t]) => t.loaded).map(([user, t]) => this._catchUp({ with: user }, t, "direct")),
+      [...this._conversations.entries()]
+        .filter(([, tracker]) => tracker.loaded || tracker.highest > 0)
+        .map(([user, tracker]) => this._catchUp({ with: user }, tracker, "direct")),
     );
     if (ws !== this._ws || !this._ready) return;
     for (const [id, item] of this._outbox) {
@@ -582,6 +592,7 @@ export class ManguClient {
   }
 
   _enqueue(event, data, onAck) {
+    if (this._stopError) return Promise.reject(this._stopError);
     return new Promise((resolve, reject) => {
       const id = data.client_msg_id;
       const acked = (ack) => {
@@ -590,7 +601,8 @@ export class ManguClient {
       };
       const item = { event, data, resolve: acked, reject, sent: false };
       this._outbox.set(id, item);
-      if (this._ready && (event !== "message:send" || this._rooms.has(data.room))) this._transmit(id, item);
+      // Frames are served in order: a send after join() (even one not acked yet) finds the room joined.
+      if (this._ready) this._transmit(id, item);
     });
   }
 
