@@ -8,7 +8,6 @@ machine does not have (it would stall on refused connections).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.support.procs import ROOT
 from tests.support.ws import make_token
 
-CHROMIUM = os.environ.get("MANGU_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # tests run as root
     "--disable-gpu",
