@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -120,13 +119,3 @@ class DemoPage:
     def close(self) -> None:
         self.context.close()
 
-
-def wait_for(predicate: Any, timeout: float = 10.0, what: str = "") -> Any:
-    """Poll ``predicate`` (which may drive the page) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            assert value, f"timed out waiting for {what or predicate}"
-            return value
-        time.sleep(0.05)
