@@ -75,6 +75,7 @@ def test_two_readers_chat_see_typing_presence_and_direct_messages(server: Server
     bob = pages(viewport=PHONE).sign_in(base, "bob", room="book:42")
 
     expect(alice.page.locator("#view-title")).to_have_text("book:42")
+    assert alice.page.url == f"{base}/?room=book:42"  # the token left the address bar
     expect(alice.member("bob")).to_have_attribute("data-status", "online")
     expect(bob.member("alice")).to_have_attribute("data-status", "online")
     expect(alice.page.locator("#member-count")).to_have_text("(2)")
