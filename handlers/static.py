@@ -4,6 +4,7 @@ ENABLE_DEMO_PAGE is on (the default except in production)."""
 from __future__ import annotations
 
 from pathlib import Path
+
 import tornado.web
 
 from handlers.base import MaguHandlerMixin
@@ -25,6 +26,13 @@ PAGE_CSP = "; ".join((
 ))
 
 
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+
+
 class StaticHandler(MaguHandlerMixin, tornado.web.StaticFileHandler):
     """A file of ``static/``, with the server's security headers; errors answer in JSON."""
 
@@ -38,10 +46,11 @@ class StaticHandler(MaguHandlerMixin, tornado.web.StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
     def get_content_type(self) -> str:
-        content_type = super().get_content_type()
-        if content_type.startswith("text/") and "charset" not in content_type:
-            content_type += "; charset=utf-8"
-        return content_type
+        # Fixed for the page's own files (a module script needs a JavaScript type under
+        # nosniff, whatever the machine's mime.types says); guessed for anything else.
+        assert self.absolute_path is not None
+        known = _TYPES.get(Path(self.absolute_path).suffix)
+        return known or super().get_content_type()
 
 
 class DemoPageHandler(StaticHandler):
