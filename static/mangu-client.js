@@ -410,9 +410,7 @@ export class ManguClient {
         .map(([user, tracker]) => this._catchUp({ with: user }, tracker, "direct")),
     );
     if (ws !== this._ws || !this._ready) return;
-    for (const [id, item] of this._outbox) {
-      if (!item.sent && (item.event !== "message:send" || this._rooms.has(item.data.room))) this._transmit(id, item);
-    }
+    for (const [id, item] of this._outbox) if (!item.sent) this._transmit(id, item);
   }
 
   _startPings() {
