@@ -7,11 +7,13 @@ from typing import Any
 
 
 def routes(settings: Any) -> list[tuple[Any, ...]]:
-    from handlers import admin, auth, books, health, openapi, rooms, socket
+    from handlers import admin, auth, books, health, openapi, rooms, socket, static
 
     modules = [health, auth, books, rooms, admin, openapi]
     if settings.enable_websocket:
         modules.append(socket)
+    if settings.enable_demo_page:
+        modules.append(static)
     collected: list[tuple[Any, ...]] = []
     for module in modules:
         collected.extend(module.default_handlers)
