@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pymongo
@@ -224,7 +223,6 @@ class Database:
         self._pool = _PoolWatch(metrics)
         self._availability = _Availability(self)
         self._setups: list[Callable[[], Awaitable[None]]] = []
-        self._setup_done = asyncio.Event()
         # Set once the first set-up attempt has ended, well or not: calls wait for that
         # much, never for the retries of a set-up that keeps failing.
         self._setup_tried = asyncio.Event()
@@ -235,8 +233,8 @@ class Database:
     # -- life cycle
 
     def on_setup(self, setup: Callable[[], Awaitable[None]]) -> None:
-        """Run ``setup()`` (idempotent: index creation) once MongoDB answers, before any
-        store call is let through; retried until it succeeds."""
+        """Run ``setup()`` (idempotent: index creation) as soon as MongoDB answers; store
+        calls wait for its first attempt, and it is retried until it succeeds."""
         self._setups.append(setup)
 
     async def start(self, url: str | None) -> None:
@@ -308,7 +306,6 @@ class Database:
             except Exception:
                 log.exception("database set-up failed; retrying in %.1fs", delay, extra={"retry_in_s": delay})
             else:
-                self._setup_done.set()
                 log.info("database set up", extra={"database": self.settings.mongodb_db})
                 return
             finally:
@@ -334,14 +331,9 @@ class Database:
             return False
         return any(sd.error is not None for sd in description.server_descriptions().values())
 
-    @property
-    def ready(self) -> bool:
-        """Available, and the stores' indexes are in place."""
-        return self.available and self._setup_done.is_set()
-
     # -- operations
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def operation(self) -> AsyncIterator[AsyncDatabase]:
         """The database handle for one store call; driver outages and timeouts come out as
         ``DatabaseUnavailable``. Refuses at once while MongoDB is known to be down, and
