@@ -98,7 +98,8 @@ class _CommandTimer(monitoring.CommandListener):
 
 
 class _PoolWatch(monitoring.ConnectionPoolListener):
-    """Connection counts by state, summed over the pools of every server."""
+    """Connection counts by state, summed over the pools of every server; the gauges read
+    them at scrape time, so a check-out costs no metric update."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -106,34 +107,32 @@ class _PoolWatch(monitoring.ConnectionPoolListener):
         self.created = self.closed = self.peak_open = 0
         self.checkouts = 0
         self.wait_total_s = self.wait_max_s = 0.0
+        gauge = metrics.db_pool_connections
+        gauge.labels(state="open").set_function(lambda: self.open)
+        gauge.labels(state="in_use").set_function(lambda: self.in_use)
+        gauge.labels(state="idle").set_function(lambda: self.idle)
+        gauge.labels(state="waiting").set_function(lambda: self.waiting)
 
-    def _publish(self) -> None:
-        gauge = self._metrics.db_pool_connections
-        gauge.labels(state="open").set(self.open)
-        gauge.labels(state="in_use").set(self.in_use)
-        gauge.labels(state="idle").set(max(self.open - self.in_use, 0))
-        gauge.labels(state="waiting").set(self.waiting)
+    @property
+    def idle(self) -> int:
+        return max(self.open - self.in_use, 0)
 
     def connection_created(self, event: monitoring.ConnectionCreatedEvent) -> None:
         self.open += 1
         self.created += 1
         self.peak_open = max(self.peak_open, self.open)
         self._metrics.db_pool_connections_created.inc()
-        self._publish()
 
     def connection_closed(self, event: monitoring.ConnectionClosedEvent) -> None:
         self.open -= 1
         self.closed += 1
         self._metrics.db_pool_connections_closed.inc()
-        self._publish()
 
     def connection_check_out_started(self, event: monitoring.ConnectionCheckOutStartedEvent) -> None:
         self.waiting += 1
-        self._publish()
 
     def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent) -> None:
         self.waiting -= 1
-        self._publish()
 
     def connection_checked_out(self, event: monitoring.ConnectionCheckedOutEvent) -> None:
         self.waiting -= 1
@@ -143,11 +142,9 @@ class _PoolWatch(monitoring.ConnectionPoolListener):
         self.wait_total_s += wait
         self.wait_max_s = max(self.wait_max_s, wait)
         self._metrics.db_pool_checkout_wait.observe(wait)
-        self._publish()
 
     def connection_checked_in(self, event: monitoring.ConnectionCheckedInEvent) -> None:
         self.in_use -= 1
-        self._publish()
 
     # Pool life-cycle events change no count: each connection reports its own close.
     def pool_created(self, event: monitoring.PoolCreatedEvent) -> None:
@@ -422,7 +419,7 @@ class Database:
         return {
             "open": pool.open,
             "in_use": pool.in_use,
-            "idle": max(pool.open - pool.in_use, 0),
+            "idle": pool.idle,
             "waiting": pool.waiting,
             "created": pool.created,
             "closed": pool.closed,

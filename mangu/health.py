@@ -126,6 +126,7 @@ class Health:
         self._cached_at = 0.0  # monotonic
         self._checked_at = ""  # ISO time of the cached evaluation
         self._evaluation: asyncio.Future[list[CheckResult]] | None = None
+        self._failing: tuple[str, ...] = ()
         self.loop_lag = LoopLagMonitor(services.metrics)
         self.checks = (
             Check("database", True, "datastore", "responseTime", self._database),
@@ -230,9 +231,13 @@ class Health:
         for result in results:
             if result.outcome.status in _STATUS_VALUE:
                 metrics.health_status.labels(check=result.check.name).set(_STATUS_VALUE[result.outcome.status])
-        failing = [r.check.name for r in results if r.outcome.status == FAIL]
-        if failing:
-            log.warning("health check failing: %s", ", ".join(failing), extra={"failing": failing})
+        failing = tuple(r.check.name for r in results if r.outcome.status == FAIL)
+        if failing != self._failing:  # a line per change, not per evaluation
+            if failing:
+                log.warning("health checks failing: %s", ", ".join(failing), extra={"failing": list(failing)})
+            else:
+                log.info("health checks passing again", extra={"recovered": list(self._failing)})
+            self._failing = failing
         return list(results)
 
     async def _run(self, check: Check) -> CheckResult:

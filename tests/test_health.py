@@ -230,3 +230,12 @@ async def test_after_the_window_the_last_answer_is_served_while_a_new_one_is_mad
         assert time.monotonic() < deadline, "the answer was never refreshed"
         await asyncio.sleep(0.02)
     assert newer[-1] > first
+
+
+async def test_failing_checks_are_logged_once_per_change(start_app, log_capture) -> None:
+    app = await start_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", HEALTH_CACHE_MS=0)
+    for _ in range(3):
+        await health(app)
+    failing = log_capture.find(message="health checks failing: redis, pubsub")
+    assert len(failing) == 1 and failing[0]["level"] == "WARNING"
+    assert failing[0]["failing"] == ["redis", "pubsub"]
