@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pymongo
@@ -99,7 +98,8 @@ class _CommandTimer(monitoring.CommandListener):
 
 
 class _PoolWatch(monitoring.ConnectionPoolListener):
-    """Connection counts by state, summed over the pools of every server."""
+    """Connection counts by state, summed over the pools of every server; the gauges read
+    them at scrape time, so a check-out costs no metric update."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -107,34 +107,32 @@ class _PoolWatch(monitoring.ConnectionPoolListener):
         self.created = self.closed = self.peak_open = 0
         self.checkouts = 0
         self.wait_total_s = self.wait_max_s = 0.0
+        gauge = metrics.db_pool_connections
+        gauge.labels(state="open").set_function(lambda: self.open)
+        gauge.labels(state="in_use").set_function(lambda: self.in_use)
+        gauge.labels(state="idle").set_function(lambda: self.idle)
+        gauge.labels(state="waiting").set_function(lambda: self.waiting)
 
-    def _publish(self) -> None:
-        gauge = self._metrics.db_pool_connections
-        gauge.labels(state="open").set(self.open)
-        gauge.labels(state="in_use").set(self.in_use)
-        gauge.labels(state="idle").set(max(self.open - self.in_use, 0))
-        gauge.labels(state="waiting").set(self.waiting)
+    @property
+    def idle(self) -> int:
+        return max(self.open - self.in_use, 0)
 
     def connection_created(self, event: monitoring.ConnectionCreatedEvent) -> None:
         self.open += 1
         self.created += 1
         self.peak_open = max(self.peak_open, self.open)
         self._metrics.db_pool_connections_created.inc()
-        self._publish()
 
     def connection_closed(self, event: monitoring.ConnectionClosedEvent) -> None:
         self.open -= 1
         self.closed += 1
         self._metrics.db_pool_connections_closed.inc()
-        self._publish()
 
     def connection_check_out_started(self, event: monitoring.ConnectionCheckOutStartedEvent) -> None:
         self.waiting += 1
-        self._publish()
 
     def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent) -> None:
         self.waiting -= 1
-        self._publish()
 
     def connection_checked_out(self, event: monitoring.ConnectionCheckedOutEvent) -> None:
         self.waiting -= 1
@@ -144,11 +142,9 @@ class _PoolWatch(monitoring.ConnectionPoolListener):
         self.wait_total_s += wait
         self.wait_max_s = max(self.wait_max_s, wait)
         self._metrics.db_pool_checkout_wait.observe(wait)
-        self._publish()
 
     def connection_checked_in(self, event: monitoring.ConnectionCheckedInEvent) -> None:
         self.in_use -= 1
-        self._publish()
 
     # Pool life-cycle events change no count: each connection reports its own close.
     def pool_created(self, event: monitoring.PoolCreatedEvent) -> None:
@@ -224,7 +220,6 @@ class Database:
         self._pool = _PoolWatch(metrics)
         self._availability = _Availability(self)
         self._setups: list[Callable[[], Awaitable[None]]] = []
-        self._setup_done = asyncio.Event()
         # Set once the first set-up attempt has ended, well or not: calls wait for that
         # much, never for the retries of a set-up that keeps failing.
         self._setup_tried = asyncio.Event()
@@ -235,8 +230,8 @@ class Database:
     # -- life cycle
 
     def on_setup(self, setup: Callable[[], Awaitable[None]]) -> None:
-        """Run ``setup()`` (idempotent: index creation) once MongoDB answers, before any
-        store call is let through; retried until it succeeds."""
+        """Run ``setup()`` (idempotent: index creation) as soon as MongoDB answers; store
+        calls wait for its first attempt, and it is retried until it succeeds."""
         self._setups.append(setup)
 
     async def start(self, url: str | None) -> None:
@@ -308,7 +303,6 @@ class Database:
             except Exception:
                 log.exception("database set-up failed; retrying in %.1fs", delay, extra={"retry_in_s": delay})
             else:
-                self._setup_done.set()
                 log.info("database set up", extra={"database": self.settings.mongodb_db})
                 return
             finally:
@@ -334,14 +328,9 @@ class Database:
             return False
         return any(sd.error is not None for sd in description.server_descriptions().values())
 
-    @property
-    def ready(self) -> bool:
-        """Available, and the stores' indexes are in place."""
-        return self.available and self._setup_done.is_set()
-
     # -- operations
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def operation(self) -> AsyncIterator[AsyncDatabase]:
         """The database handle for one store call; driver outages and timeouts come out as
         ``DatabaseUnavailable``. Refuses at once while MongoDB is known to be down, and
@@ -430,7 +419,7 @@ class Database:
         return {
             "open": pool.open,
             "in_use": pool.in_use,
-            "idle": max(pool.open - pool.in_use, 0),
+            "idle": pool.idle,
             "waiting": pool.waiting,
             "created": pool.created,
             "closed": pool.closed,

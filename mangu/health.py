@@ -2,9 +2,10 @@
 connections), its aggregation into one status, readiness, and the event-loop lag monitor.
 
 Every check runs concurrently under its own timeout and is timed. The checks' results are
-kept for ``HEALTH_CACHE_MS`` and concurrent requests share one evaluation, so a flood of
-health requests costs MongoDB and Redis one ping per window. Messages name no host, URL or
-credential: only what failed and how.
+kept for ``HEALTH_CACHE_MS``; concurrent requests share one evaluation, and once a first
+answer exists, requests after the window get it while a new evaluation runs (stale while
+revalidating), so a flood of health requests costs MongoDB and Redis one ping per window
+and never waits on them. Messages name no host, URL or credential: only what failed and how.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Health:
         self._cached_at = 0.0  # monotonic
         self._checked_at = ""  # ISO time of the cached evaluation
         self._evaluation: asyncio.Future[list[CheckResult]] | None = None
+        self._failing: tuple[str, ...] = ()
         self.loop_lag = LoopLagMonitor(services.metrics)
         self.checks = (
             Check("database", True, "datastore", "responseTime", self._database),
@@ -201,12 +203,18 @@ class Health:
         return HEALTHY
 
     async def _results(self) -> list[CheckResult]:
-        if self._cached is not None and time.monotonic() - self._cached_at < self._cache_s:
-            return self._cached
+        cached = self._cached
+        fresh = cached is not None and time.monotonic() - self._cached_at < self._cache_s
+        if fresh:
+            return cached  # type: ignore[return-value]
         if self._evaluation is None:
             # One evaluation for every request that arrives while it runs.
             self._evaluation = asyncio.ensure_future(self._evaluate())
             self._evaluation.add_done_callback(self._evaluated)
+        if cached is not None and self._cache_s > 0:
+            # Stale while revalidating: no request waits on the dependencies once a first
+            # answer exists; an answer is at most one cache window plus one evaluation old.
+            return cached
         # shield: a caller that goes away does not cancel the others' evaluation
         return await asyncio.shield(self._evaluation)
 
@@ -223,9 +231,13 @@ class Health:
         for result in results:
             if result.outcome.status in _STATUS_VALUE:
                 metrics.health_status.labels(check=result.check.name).set(_STATUS_VALUE[result.outcome.status])
-        failing = [r.check.name for r in results if r.outcome.status == FAIL]
-        if failing:
-            log.warning("health check failing: %s", ", ".join(failing), extra={"failing": failing})
+        failing = tuple(r.check.name for r in results if r.outcome.status == FAIL)
+        if failing != self._failing:  # a line per change, not per evaluation
+            if failing:
+                log.warning("health checks failing: %s", ", ".join(failing), extra={"failing": list(failing)})
+            else:
+                log.info("health checks passing again", extra={"recovered": list(self._failing)})
+            self._failing = failing
         return list(results)
 
     async def _run(self, check: Check) -> CheckResult:

@@ -211,3 +211,31 @@ async def test_a_health_request_logs_its_database_commands_with_its_correlation_
     assert response.headers["X-Correlation-Id"] == "health-req-7"
     slow = log_capture.find(message="slow_query", correlation_id="health-req-7")
     assert [(r["command"], r["collection"]) for r in slow] == [("ping", None)]
+
+
+async def test_after_the_window_the_last_answer_is_served_while_a_new_one_is_made(start_app) -> None:
+    app = await start_app(HEALTH_CACHE_MS=1000)
+    first = (await health(app))[1]["time"]
+    assert (await health(app))[1]["time"] == first  # within the window: the same answer
+    await asyncio.sleep(1.05)
+    assert (await health(app))[1]["time"] == first  # expired: answered at once from the last one...
+    newer: list[str] = []
+
+    async def refreshed() -> bool:
+        newer.append((await health(app))[1]["time"])
+        return newer[-1] != first
+
+    deadline = time.monotonic() + 5
+    while not await refreshed():  # ...while the refresh it started completes
+        assert time.monotonic() < deadline, "the answer was never refreshed"
+        await asyncio.sleep(0.02)
+    assert newer[-1] > first
+
+
+async def test_failing_checks_are_logged_once_per_change(start_app, log_capture) -> None:
+    app = await start_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", HEALTH_CACHE_MS=0)
+    for _ in range(3):
+        await health(app)
+    failing = log_capture.find(message="health checks failing: redis, pubsub")
+    assert len(failing) == 1 and failing[0]["level"] == "WARNING"
+    assert failing[0]["failing"] == ["redis", "pubsub"]
