@@ -156,9 +156,11 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         limiter = self.services.limiter
         if self.rate_limit is None or not limiter.enabled:
             return
-        user = self.current_user if "Authorization" in self.request.headers else None
-        decision = await limiter.take_request(self.rate_limit, user.user_id if user else None, self.client_ip)
-        self._apply_rate_limit(decision)
+        request = self.request
+        user = self.current_user if "Authorization" in request.headers else None
+        key = limiter.request_key(user.user_id if user else None, request.remote_ip,
+                                  request.headers.get("X-Forwarded-For"))
+        self._apply_rate_limit(await limiter.take_request(self.rate_limit, key))
 
     async def limit_auth_attempt(self, username: str) -> None:
         """Count one login attempt for the client address and for ``username`` (the auth tier).
@@ -169,7 +171,8 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         if not limiter.enabled:
             return
         try:
-            decision = await limiter.take_auth_attempt(self.client_ip, username)
+            client = limiter.request_key(None, self.request.remote_ip, self.request.headers.get("X-Forwarded-For"))
+            decision = await limiter.take_auth_attempt(client, username)
         except RateLimitUnavailable as exc:
             retry = str(max(1, round(exc.retry_after)))
             raise APIError(503, "unavailable", "login attempts cannot be counted right now; retry later",

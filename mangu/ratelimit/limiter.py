@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from mangu.clientip import client_ip
 from mangu.config import Settings
 from mangu.metrics import Metrics
 from mangu.ratelimit.bucket import MemoryBuckets, Quota
@@ -31,6 +32,8 @@ log = logging.getLogger("mangu.ratelimit")
 
 REDIS, MEMORY = "redis", "memory"
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_SOCKET_TIMEOUT = 1.0  # seconds; a backstop only, see RedisBuckets._bounded
+_CLIENT_KEY_CACHE = 16_384  # client addresses whose bucket key is remembered
 _RARE_LOG_INTERVAL = 60.0  # seconds between warnings about one lasting condition
 
 
@@ -93,6 +96,8 @@ class RateLimiter:
         self._evictions_unlogged = 0
         self._logged_at: dict[str, float] = {}
         self._shares: dict[Policy, Policy] = {}
+        self._trusted_proxies = settings.trusted_proxies
+        self._client_keys: dict[tuple[str, str | None], str] = {}
         self._decision_counters: dict[tuple[str, str], object] = {}
         metrics.ratelimit_memory_buckets.set_function(self._memory.__len__)
         self._show_backend()
@@ -112,12 +117,14 @@ class RateLimiter:
             return
         client = Redis.from_url(
             self._settings.redis_url,
-            socket_timeout=self._timeout,
+            # RedisBuckets bounds every call by the limiter's timeout; these bound what it cannot
+            # (closing a connection) and make sure nothing waits long even so.
+            socket_timeout=_SOCKET_TIMEOUT,
             socket_connect_timeout=self._timeout,
             retry=Retry(NoBackoff(), 0),  # a retry would double the wait; memory answers instead
             max_connections=8,
         )
-        self._redis = RedisBuckets(client, on_batch=self._metrics.ratelimit_redis_batch_size.observe)
+        self._redis = RedisBuckets(client, self._timeout, on_batch=self._metrics.ratelimit_redis_batch_size.observe)
         try:
             await self._reach_redis()
         except _REDIS_ERRORS as exc:
@@ -137,20 +144,33 @@ class RateLimiter:
             self._redis = None
         self._on_redis = False
 
-    async def take_request(self, tier: str | Policy, user_id: str | None, client_ip: str) -> Decision:
-        """One request against its tier and the burst policy, keyed by the user when there is
-        one, else by the client address (IPv6 by its /64)."""
-        policy = self.tiers.resolve(tier)
-        key = user_key(user_id) if user_id is not None else ip_key(client_ip)
-        return await self.take(((policy, key), (self.tiers.burst, key)))
+    def request_key(self, user_id: str | None, peer: str, forwarded_for: str | None) -> str:
+        """Whose buckets a request draws on: the user's when it carries a valid token, else
+        its client address's (X-Forwarded-For believed from TRUSTED_PROXIES only; IPv6 by /64)."""
+        if user_id is not None:
+            return user_key(user_id)
+        cache_key = (peer, forwarded_for)
+        key = self._client_keys.get(cache_key)
+        if key is None:
+            # Parsing addresses costs more than the whole bucket arithmetic: remember the
+            # answer for the clients seen lately (a bounded cache, emptied when full).
+            if len(self._client_keys) >= _CLIENT_KEY_CACHE:
+                self._client_keys.clear()
+            key = self._client_keys[cache_key] = ip_key(client_ip(peer, forwarded_for, self._trusted_proxies))
+        return key
 
-    async def take_auth_attempt(self, client_ip: str, username: str) -> Decision:
-        """One login attempt: against the auth tier per client address and per username.
+    async def take_request(self, tier: str | Policy, key: str) -> Decision:
+        """One request against its tier and the burst policy, for ``key`` (``request_key``)."""
+        return await self.take(((self.tiers.resolve(tier), key), (self.tiers.burst, key)))
+
+    async def take_auth_attempt(self, client_key: str, username: str) -> Decision:
+        """One login attempt: against the auth tier per client (``request_key`` without a
+        user) and per username.
 
         Raises RateLimitUnavailable instead of answering from memory when the auth tier is
         set to fail closed (RATE_LIMIT_AUTH_FAIL_CLOSED) and Redis is down.
         """
-        buckets = ((self.tiers.auth, ip_key(client_ip)), (self.tiers.auth_user, username_key(username)))
+        buckets = ((self.tiers.auth, client_key), (self.tiers.auth_user, username_key(username)))
         return await self.take(buckets, fail_closed=self._auth_fail_closed)
 
     async def take(self, buckets: Sequence[tuple[Policy, str]], cost: int = 1, fail_closed: bool = False) -> Decision:
@@ -181,10 +201,11 @@ class RateLimiter:
         return self._take_memory(buckets, cost)
 
     def _take_memory(self, buckets: Sequence[tuple[Policy, str]], cost: int) -> Decision:
-        policies = [self._share(policy) for policy, _ in buckets]
-        specs = [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, (_, key) in zip(policies, buckets)]
+        if self._processes > 1:
+            buckets = [(self._share(policy), key) for policy, key in buckets]
+        specs = [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in buckets]
         allowed, quotas = self._memory.take(specs, cost)
-        decision = Decision(allowed, policies, quotas, MEMORY)
+        decision = Decision(allowed, [policy for policy, _ in buckets], quotas, MEMORY)
         self._count(decision)
         return decision
 
@@ -210,10 +231,8 @@ class RateLimiter:
 
     async def _reach_redis(self) -> None:
         assert self._redis is not None
-        # ping, then the script: two round trips, each bounded by the socket timeout
-        async with asyncio.timeout(self._timeout * 4):
-            await self._redis.ping()
-            await self._redis.load()
+        await self._redis.ping()
+        await self._redis.load()
 
     def _fall_back(self, reason: str) -> None:
         if self._probe_task is not None:  # already in fallback

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
@@ -71,9 +72,16 @@ return out
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 KEY_PREFIX = "mangu:rl:"
+_GRACE_TURNS = 4  # event-loop turns a reply gets to be read after the deadline
+
+T = TypeVar("T")
 
 # One take: its buckets as (key, capacity, window in ms), and its cost.
 Take = tuple[Sequence[tuple[str, int, int]], int]
+
+
+class RedisTimeout(RedisError):
+    """Redis did not answer one call in time."""
 
 
 class RedisUnavailable(Exception):
@@ -87,13 +95,14 @@ class Overloaded(Exception):
 class RedisBuckets:
     """Takes from buckets in Redis, coalescing concurrent takes into one EVALSHA.
 
-    ``client`` should have a short socket timeout and no retries: a slow answer is worse
-    than the memory fallback.
+    Every call is bounded by ``timeout`` seconds; ``client`` should make no retries of its
+    own: a slow answer is worse than the memory fallback.
     """
 
-    def __init__(self, client: Redis, max_batch: int = 256, max_pending: int = 10_000,
+    def __init__(self, client: Redis, timeout: float, max_batch: int = 256, max_pending: int = 10_000,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.client = client
+        self.timeout = timeout
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._on_batch = on_batch
@@ -102,10 +111,10 @@ class RedisBuckets:
 
     async def load(self) -> None:
         """Load the script (after a start or a Redis restart); raises RedisError when down."""
-        await self.client.script_load(SCRIPT)
+        await self._bounded(self.client.script_load(SCRIPT))
 
     async def ping(self) -> None:
-        await self.client.ping()
+        await self._bounded(self.client.ping())
 
     def take(self, buckets: Sequence[tuple[str, int, int]], cost: int = 1) -> asyncio.Future[tuple[bool, list[Quota]]]:
         """Queue a take; the future gives (allowed, quotas) or raises RedisUnavailable.
@@ -158,10 +167,33 @@ class RedisBuckets:
         if self._on_batch is not None:
             self._on_batch(len(batch))
         try:
-            return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            return await self._bounded(self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args))
         except NoScriptError:  # Redis restarted or its script cache was flushed
             await self.load()
-            return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            return await self._bounded(self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args))
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """``call``, or RedisTimeout after ``timeout`` seconds of event-loop time.
+
+        A busy event loop can run the timer before the callback of a reply that has already
+        arrived; a deadline that fired first would then blame Redis for the loop's own lag. So
+        at the deadline the loop gets a few more turns to read what is there before giving up.
+        """
+        task = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait((task,), timeout=self.timeout)
+            for _ in range(_GRACE_TURNS):
+                if task.done():
+                    break
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()  # redis-py drops the connection of a cancelled call
+            await asyncio.gather(task, return_exceptions=True)
+            raise RedisTimeout(f"no answer within {self.timeout * 1000:.0f} ms")
+        return task.result()
 
 
 def _resolve(batch: list[tuple[Take, asyncio.Future]], reply: list[int]) -> None:
