@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from mangu.clientip import client_ip
@@ -32,7 +33,6 @@ log = logging.getLogger("mangu.ratelimit")
 
 REDIS, MEMORY = "redis", "memory"
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-_SOCKET_TIMEOUT = 1.0  # seconds; a backstop only, see RedisBuckets._bounded
 _CLIENT_KEY_CACHE = 16_384  # client addresses whose bucket key is remembered
 _RARE_LOG_INTERVAL = 60.0  # seconds between warnings about one lasting condition
 
@@ -117,12 +117,14 @@ class RateLimiter:
             return
         client = Redis.from_url(
             self._settings.redis_url,
-            # RedisBuckets bounds every call by the limiter's timeout; these bound what it cannot
-            # (closing a connection) and make sure nothing waits long even so.
-            socket_timeout=_SOCKET_TIMEOUT,
-            socket_connect_timeout=self._timeout,
+            # RedisBuckets bounds each call on the request path by RATE_LIMIT_REDIS_TIMEOUT; the
+            # socket timeouts are the general Redis ones, for what happens off that path.
+            socket_timeout=self._settings.redis_timeout / 1000,
+            socket_connect_timeout=self._settings.redis_timeout / 1000,
             retry=Retry(NoBackoff(), 0),  # a retry would double the wait; memory answers instead
             max_connections=8,
+            # one round trip less per connection: cluster maintenance pushes do not concern a limiter
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._redis = RedisBuckets(client, self._timeout, on_batch=self._metrics.ratelimit_redis_batch_size.observe)
         try:
@@ -231,8 +233,8 @@ class RateLimiter:
 
     async def _reach_redis(self) -> None:
         assert self._redis is not None
-        await self._redis.ping()
-        await self._redis.load()
+        # Off the request path (start, probes), Redis gets the general REDIS_TIMEOUT to answer.
+        await self._redis.connect(self._settings.redis_timeout / 1000)
 
     def _fall_back(self, reason: str) -> None:
         if self._probe_task is not None:  # already in fallback
