@@ -91,6 +91,7 @@ class RateLimiter:
         self._memory = MemoryBuckets(settings.rate_limit_memory_max_keys, on_evict=self._evicted)
         self._redis: RedisBuckets | None = None
         self._on_redis = False
+        self._closing = False
         self._probe_task: asyncio.Task[None] | None = None
         self._fallback_since = 0.0
         self._evictions_unlogged = 0
@@ -137,6 +138,7 @@ class RateLimiter:
             log.info("rate limiting on Redis", extra={"backend": REDIS})
 
     async def close(self) -> None:
+        self._closing = True  # takes still in flight are answered from memory, with no probe
         if self._probe_task is not None:
             self._probe_task.cancel()
             await asyncio.gather(self._probe_task, return_exceptions=True)
@@ -184,9 +186,8 @@ class RateLimiter:
         reason = "redis_down"
         if self._on_redis:
             assert self._redis is not None
-            specs = [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in buckets]
             try:
-                allowed, quotas = await self._redis.take(specs, cost)
+                allowed, quotas = await self._redis.take(_specs(buckets), cost)
             except RedisUnavailable as exc:
                 self._fall_back(str(exc))
             except Overloaded:
@@ -205,8 +206,7 @@ class RateLimiter:
     def _take_memory(self, buckets: Sequence[tuple[Policy, str]], cost: int) -> Decision:
         if self._processes > 1:
             buckets = [(self._share(policy), key) for policy, key in buckets]
-        specs = [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in buckets]
-        allowed, quotas = self._memory.take(specs, cost)
+        allowed, quotas = self._memory.take(_specs(buckets), cost)
         decision = Decision(allowed, [policy for policy, _ in buckets], quotas, MEMORY)
         self._count(decision)
         return decision
@@ -237,7 +237,8 @@ class RateLimiter:
         await self._redis.connect(self._settings.redis_timeout / 1000)
 
     def _fall_back(self, reason: str) -> None:
-        if self._probe_task is not None:  # already in fallback
+        if self._probe_task is not None or self._closing:  # already in fallback, or stopping
+            self._on_redis = False
             return
         self._on_redis = False
         self._fallback_since = time.monotonic()
@@ -289,6 +290,11 @@ class RateLimiter:
         self._logged_at[reason] = now
         log.warning(message, extra={"reason": reason, **fields})
         return True
+
+
+def _specs(buckets: Sequence[tuple[Policy, str]]) -> list[tuple[str, int, int]]:
+    """The backends' view of buckets: (``<policy>:<key>``, capacity, window in ms)."""
+    return [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in buckets]
 
 
 def _reason(exc: BaseException) -> str:
