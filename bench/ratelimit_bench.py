@@ -1,7 +1,7 @@
 """Throughput and latency of one JSON endpoint with no limiter, the memory limiter and the
 Redis limiter, side by side in one run.
 
-    .venv/bin/python bench/ratelimit_bench.py [--duration 10] [--connections 64] [--threads 2] [--rounds 3]
+    .venv/bin/python bench/ratelimit_bench.py [--duration 10] [--connections 64] [--threads 2] [--rounds 5]
 
 Each configuration runs the real app (services, handlers, the access log at WARNING) in a
 server process of its own; ``wrk`` loads it from another process, every request carrying an
@@ -78,7 +78,10 @@ def serve(mode: str, port: int, redis_url: str | None) -> None:
         "MANGU_ENV": "production", "PORT": str(port), "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json",
         "JWT_SECRET": "bench-secret-0123456789abcdef0123456789abcdef", "MONGODB_URL": "mongodb://127.0.0.1:1/",
         "TRUSTED_PROXIES": "127.0.0.1", "RATE_LIMIT_ENABLED": "false" if mode == "none" else "true",
-        "RATE_LIMIT_MAX": "10000000", "RATE_LIMIT_BURST": "1000000",
+        # Quotas no client of the run exhausts, refilling slower than the clients spend them (a
+        # token every 0.86 s, against about one request a second per client), as for clients
+        # that use part of their quota; the burst bucket is full again between two requests.
+        "RATE_LIMIT_MAX": "100000", "RATE_LIMIT_WINDOW": "86400000", "RATE_LIMIT_BURST": "1000",
     }
     if mode == "redis":
         environ["REDIS_URL"] = redis_url or ""
@@ -199,7 +202,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk before each measured run")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=1000, help="distinct client addresses (X-Forwarded-For)")
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -218,6 +221,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
     )
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    load_before = os.getloadavg()[0]
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT.replace("CLIENTS", str(args.clients)))
@@ -236,7 +240,8 @@ def main() -> None:
 
     baseline = median("none", "rps")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; wrk -t{args.threads} -c{args.connections}"
-          f" -d{args.duration}s --latency, {args.rounds} rounds, median round; {args.clients} client addresses")
+          f" -d{args.duration}s --latency, {args.rounds} rounds, median round; {args.clients} client addresses;"
+          f" load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"{'limiter':<8} {'req/s':>8} {'vs none':>8} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>11}"
           f" {'µs CPU/req':>10} {'wrk CPU':>8} {'redis CPU':>10} {'reqs/EVALSHA':>13}")
     for mode in MODES:
@@ -244,6 +249,11 @@ def main() -> None:
         print(f"{mode:<8} {rps:>8.0f} {rps / baseline:>7.2f}x {median(mode, 'p50'):>7.2f} {median(mode, 'p99'):>7.2f}"
               f" {median(mode, 'server_cpu'):>10.0%} {median(mode, 'cpu_us'):>10.1f} {median(mode, 'wrk_cpu'):>8.0%}"
               f" {median(mode, 'redis_cpu'):>10.0%} {median(mode, 'batch'):>13.1f}")
+    for mode in MODES:
+        busiest = max(("server", median(mode, "server_cpu")), ("wrk", median(mode, "wrk_cpu")),
+                      ("redis-server", median(mode, "redis_cpu")), key=lambda item: item[1])
+        verdict = "CPU-bound" if busiest[1] >= 0.9 else "no process CPU-bound (latency-bound, or the CPUs are shared)"
+        print(f"{mode}: busiest process {busiest[0]} at {busiest[1]:.0%} of one core: {verdict}")
     print("every round (req/s): " + "; ".join(
         f"{mode} " + ", ".join(f"{r['rps']:.0f}" for r in results[mode]) for mode in MODES))
     memory, redis_ratio = median("memory", "rps") / baseline, median("redis", "rps") / baseline

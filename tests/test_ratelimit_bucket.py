@@ -67,13 +67,13 @@ def test_memory_stays_bounded_after_a_million_distinct_keys() -> None:
     assert store.take([("general:ip:0", 100, 900_000)])[1][0].remaining == 99  # dropped: back full
 
 
-def test_memory_sweeps_buckets_that_have_refilled() -> None:
+def test_memory_sweeps_buckets_that_have_refilled_once_half_full() -> None:
     now = [0.0]
-    store = MemoryBuckets(max_keys=1000, clock=lambda: now[0])
-    for i in range(10):
+    store = MemoryBuckets(max_keys=100, clock=lambda: now[0])
+    for i in range(60):
         store.take([(f"burst:ip:{i}", 10, 1000)])
-    assert len(store) == 10
+    assert len(store) == 60  # none is full yet
     now[0] = 5.0  # every bucket refilled long ago
-    for i in range(5):  # each new bucket sweeps two full ones
+    for i in range(10):  # above half full, each new bucket sweeps two full ones
         store.take([(f"burst:ip:new{i}", 10, 1000)])
-    assert len(store) == 5
+    assert len(store) == 60 + 10 - 20

@@ -69,8 +69,9 @@ class MemoryBuckets:
     """Buckets by key in this process, with bounded memory.
 
     At most ``max_keys`` buckets are kept; the least recently used is dropped first (a
-    dropped bucket comes back full, as an expired Redis key does). Each new bucket also
-    sweeps the oldest ones that have refilled completely, so memory follows the live keys.
+    dropped bucket comes back full, as an expired Redis key does). Once the store is half
+    full, each new bucket also sweeps the oldest ones that have refilled completely, so a
+    flood of keys that has passed does not keep the store full.
     """
 
     _SWEEP_PER_INSERT = 2  # more than one, so the sweep outpaces the inserts
@@ -78,6 +79,8 @@ class MemoryBuckets:
     def __init__(self, max_keys: int, on_evict: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_keys = max_keys
+        # Below half full, a full bucket is kept: finding it again is cheaper than a new one.
+        self._sweep_above = max_keys // 2
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._on_evict = on_evict
         self._clock = clock
@@ -105,7 +108,12 @@ class MemoryBuckets:
                 inserted = True
             else:
                 store.move_to_end(key)
-            if bucket.refill(now) < cost:
+                elapsed = now - bucket.stamp
+                if elapsed > 0:  # TokenBucket.refill, inlined: this is the hot path
+                    tokens = bucket.tokens + elapsed * bucket.rate
+                    bucket.tokens = tokens if tokens < bucket.capacity else bucket.capacity
+                    bucket.stamp = now
+            if bucket.tokens < cost:
                 allowed = False
             found.append(bucket)
         quotas = []
@@ -117,7 +125,7 @@ class MemoryBuckets:
             else:
                 retry = 0.0 if tokens >= cost else (cost - tokens) / bucket.rate
             quotas.append(Quota(int(tokens), (bucket.capacity - tokens) / bucket.rate, retry))
-        if inserted:
+        if inserted and len(store) > self._sweep_above:
             self._sweep(now)
         return allowed, quotas
 

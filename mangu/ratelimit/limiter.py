@@ -99,6 +99,7 @@ class RateLimiter:
         self._shares: dict[Policy, Policy] = {}
         self._trusted_proxies = settings.trusted_proxies
         self._client_keys: dict[tuple[str, str | None], str] = {}
+        self._request_policies: dict[str | Policy, tuple[Policy, Policy]] = {}
         self._decision_counters: dict[tuple[str, str], object] = {}
         metrics.ratelimit_memory_buckets.set_function(self._memory.__len__)
         self._show_backend()
@@ -165,7 +166,10 @@ class RateLimiter:
 
     async def take_request(self, tier: str | Policy, key: str) -> Decision:
         """One request against its tier and the burst policy, for ``key`` (``request_key``)."""
-        return await self.take(((self.tiers.resolve(tier), key), (self.tiers.burst, key)))
+        policies = self._request_policies.get(tier)
+        if policies is None:
+            policies = self._request_policies[tier] = (self.tiers.resolve(tier), self.tiers.burst)
+        return await self.take(policies, (key, key))
 
     async def take_auth_attempt(self, client_key: str, username: str) -> Decision:
         """One login attempt: against the auth tier per client (``request_key`` without a
@@ -174,11 +178,13 @@ class RateLimiter:
         Raises RateLimitUnavailable instead of answering from memory when the auth tier is
         set to fail closed (RATE_LIMIT_AUTH_FAIL_CLOSED) and Redis is down.
         """
-        buckets = ((self.tiers.auth, client_key), (self.tiers.auth_user, username_key(username)))
-        return await self.take(buckets, fail_closed=self._auth_fail_closed)
+        return await self.take((self.tiers.auth, self.tiers.auth_user), (client_key, username_key(username)),
+                               fail_closed=self._auth_fail_closed)
 
-    async def take(self, buckets: Sequence[tuple[Policy, str]], cost: int = 1, fail_closed: bool = False) -> Decision:
-        """Take ``cost`` from every bucket ``(policy, key)``, all or nothing.
+    async def take(self, policies: Sequence[Policy], keys: Sequence[str], cost: int = 1,
+                   fail_closed: bool = False) -> Decision:
+        """Take ``cost`` from the bucket of each policy for the key at the same place, all or
+        nothing.
 
         With ``fail_closed``, raises RateLimitUnavailable rather than answer from memory
         while Redis is configured but not answering.
@@ -187,27 +193,24 @@ class RateLimiter:
         if self._on_redis:
             assert self._redis is not None
             try:
-                allowed, quotas = await self._redis.take(_specs(buckets), cost)
+                allowed, quotas = await self._redis.take(_specs(policies, keys), cost)
             except RedisUnavailable as exc:
                 self._fall_back(str(exc))
             except Overloaded:
                 reason = "overloaded"
                 self._log_rarely("rate-limit Redis queue full: answering from memory", reason=reason)
             else:
-                decision = Decision(allowed, [policy for policy, _ in buckets], quotas, REDIS)
+                decision = Decision(allowed, policies, quotas, REDIS)
                 self._count(decision)
                 return decision
         if self.redis_configured:
             if fail_closed:
                 raise RateLimitUnavailable(self._probe_interval)
             self._metrics.ratelimit_memory_answers.labels(reason=reason).inc()
-        return self._take_memory(buckets, cost)
-
-    def _take_memory(self, buckets: Sequence[tuple[Policy, str]], cost: int) -> Decision:
         if self._processes > 1:
-            buckets = [(self._share(policy), key) for policy, key in buckets]
-        allowed, quotas = self._memory.take(_specs(buckets), cost)
-        decision = Decision(allowed, [policy for policy, _ in buckets], quotas, MEMORY)
+            policies = [self._share(policy) for policy in policies]
+        allowed, quotas = self._memory.take(_specs(policies, keys), cost)
+        decision = Decision(allowed, policies, quotas, MEMORY)
         self._count(decision)
         return decision
 
@@ -292,9 +295,9 @@ class RateLimiter:
         return True
 
 
-def _specs(buckets: Sequence[tuple[Policy, str]]) -> list[tuple[str, int, int]]:
+def _specs(policies: Sequence[Policy], keys: Sequence[str]) -> list[tuple[str, int, int]]:
     """The backends' view of buckets: (``<policy>:<key>``, capacity, window in ms)."""
-    return [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in buckets]
+    return [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in zip(policies, keys)]
 
 
 def _reason(exc: BaseException) -> str:
