@@ -255,9 +255,11 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         # A CORS preflight is the browser's, not the caller's: it does not spend their quota.
         if self.rate_limit is None or not limiter.enabled or self.request.method == "OPTIONS":
             return
-        user = self.current_user if "Authorization" in self.request.headers else None
-        decision = await limiter.take_request(self.rate_limit, user.user_id if user else None, self.client_ip)
-        self._apply_rate_limit(decision)
+        request = self.request
+        user = self.current_user if "Authorization" in request.headers else None
+        key = limiter.request_key(user.user_id if user else None, request.remote_ip,
+                                  request.headers.get("X-Forwarded-For"))
+        self._apply_rate_limit(await limiter.take_request(self.rate_limit, key))
 
     async def limit_auth_attempt(self, username: str) -> None:
         """Count one login attempt for the client address and for ``username`` (the auth tier).
@@ -268,7 +270,8 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         if not limiter.enabled:
             return
         try:
-            decision = await limiter.take_auth_attempt(self.client_ip, username)
+            client = limiter.request_key(None, self.request.remote_ip, self.request.headers.get("X-Forwarded-For"))
+            decision = await limiter.take_auth_attempt(client, username)
         except RateLimitUnavailable as exc:
             retry = str(max(1, round(exc.retry_after)))
             raise APIError(503, "unavailable", "login attempts cannot be counted right now; retry later",

@@ -69,15 +69,18 @@ class MemoryBuckets:
     """Buckets by key in this process, with bounded memory.
 
     At most ``max_keys`` buckets are kept; the least recently used is dropped first (a
-    dropped bucket comes back full, as an expired Redis key does). Buckets that have refilled
-    completely are swept a few at a time on every take, so memory follows the live keys.
+    dropped bucket comes back full, as an expired Redis key does). Once the store is half
+    full, each new bucket also sweeps the oldest ones that have refilled completely, so a
+    flood of keys that has passed does not keep the store full.
     """
 
-    _SWEEP_PER_TAKE = 2
+    _SWEEP_PER_INSERT = 2  # more than one, so the sweep outpaces the inserts
 
     def __init__(self, max_keys: int, on_evict: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_keys = max_keys
+        # Below half full, a full bucket is kept: finding it again is cheaper than a new one.
+        self._sweep_above = max_keys // 2
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._on_evict = on_evict
         self._clock = clock
@@ -95,43 +98,54 @@ class MemoryBuckets:
         if now is None:
             now = self._clock()
         store = self._buckets
-        found: list[TokenBucket] = []
+        found = []
+        allowed = True
+        inserted = False
         for key, capacity, window_ms in buckets:
             bucket = store.get(key)
             if bucket is None or bucket.capacity != capacity:
-                bucket = store[key] = TokenBucket(capacity, capacity * 1000 / window_ms, now)
-                if len(store) > self.max_keys:
-                    self._evict()
+                bucket = self._insert(key, capacity, window_ms, now)
+                inserted = True
             else:
                 store.move_to_end(key)
-            found.append(bucket)
-        allowed = True
-        for bucket in found:
-            if bucket.refill(now) < cost:
+                elapsed = now - bucket.stamp
+                if elapsed > 0:  # TokenBucket.refill, inlined: this is the hot path
+                    tokens = bucket.tokens + elapsed * bucket.rate
+                    bucket.tokens = tokens if tokens < bucket.capacity else bucket.capacity
+                    bucket.stamp = now
+            if bucket.tokens < cost:
                 allowed = False
+            found.append(bucket)
         quotas = []
         for bucket in found:
-            if allowed:
-                bucket.tokens -= cost
             tokens = bucket.tokens
-            retry = 0.0 if tokens >= cost else (cost - tokens) / bucket.rate
+            if allowed:
+                tokens = bucket.tokens = tokens - cost
+                retry = 0.0
+            else:
+                retry = 0.0 if tokens >= cost else (cost - tokens) / bucket.rate
             quotas.append(Quota(int(tokens), (bucket.capacity - tokens) / bucket.rate, retry))
-        self._sweep(now)
+        if inserted and len(store) > self._sweep_above:
+            self._sweep(now)
         return allowed, quotas
 
-    def _evict(self) -> None:
-        self._buckets.popitem(last=False)
-        if self._on_evict is not None:
-            self._on_evict()
+    def _insert(self, key: str, capacity: int, window_ms: int, now: float) -> TokenBucket:
+        store = self._buckets
+        bucket = store[key] = TokenBucket(capacity, capacity * 1000 / window_ms, now)
+        if len(store) > self.max_keys:
+            store.popitem(last=False)
+            if self._on_evict is not None:
+                self._on_evict()
+        return bucket
 
     def _sweep(self, now: float) -> None:
         # The oldest buckets are the likeliest to have refilled; a full bucket is as good as
         # none, so dropping it changes no answer.
         store = self._buckets
-        for _ in range(self._SWEEP_PER_TAKE):
+        for _ in range(self._SWEEP_PER_INSERT):
+            oldest = next(iter(store))
+            if store[oldest].full_at() > now:
+                return
+            del store[oldest]
             if not store:
                 return
-            key = next(iter(store))
-            if store[key].full_at() > now:
-                return
-            del store[key]

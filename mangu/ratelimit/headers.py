@@ -29,7 +29,7 @@ def response_headers(decisions: Sequence[Decision], now: float | None = None) ->
     quotas = []
     for decision in decisions:
         for policy, quota in zip(decision.policies, decision.quotas):
-            policies.append(f'"{policy.name}";q={policy.limit};w={policy.header_window}')
+            policies.append(policy.header_item)
             quotas.append(f'"{policy.name}";r={quota.remaining};t={math.ceil(quota.reset)}')
     policy, quota = decisions[-1].primary
     now = time.time() if now is None else now

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
+from mangu.clientip import client_ip
 from mangu.config import Settings
 from mangu.metrics import Metrics
 from mangu.ratelimit.bucket import MemoryBuckets, Quota
@@ -31,6 +33,7 @@ log = logging.getLogger("mangu.ratelimit")
 
 REDIS, MEMORY = "redis", "memory"
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_CLIENT_KEY_CACHE = 16_384  # client addresses whose bucket key is remembered
 _RARE_LOG_INTERVAL = 60.0  # seconds between warnings about one lasting condition
 
 
@@ -88,11 +91,15 @@ class RateLimiter:
         self._memory = MemoryBuckets(settings.rate_limit_memory_max_keys, on_evict=self._evicted)
         self._redis: RedisBuckets | None = None
         self._on_redis = False
+        self._closing = False
         self._probe_task: asyncio.Task[None] | None = None
         self._fallback_since = 0.0
         self._evictions_unlogged = 0
         self._logged_at: dict[str, float] = {}
         self._shares: dict[Policy, Policy] = {}
+        self._trusted_proxies = settings.trusted_proxies
+        self._client_keys: dict[tuple[str, str | None], str] = {}
+        self._request_policies: dict[str | Policy, tuple[Policy, Policy]] = {}
         self._decision_counters: dict[tuple[str, str], object] = {}
         metrics.ratelimit_memory_buckets.set_function(self._memory.__len__)
         self._show_backend()
@@ -112,12 +119,16 @@ class RateLimiter:
             return
         client = Redis.from_url(
             self._settings.redis_url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
+            # RedisBuckets bounds each call on the request path by RATE_LIMIT_REDIS_TIMEOUT; the
+            # socket timeouts are the general Redis ones, for what happens off that path.
+            socket_timeout=self._settings.redis_timeout / 1000,
+            socket_connect_timeout=self._settings.redis_timeout / 1000,
             retry=Retry(NoBackoff(), 0),  # a retry would double the wait; memory answers instead
             max_connections=8,
+            # one round trip less per connection: cluster maintenance pushes do not concern a limiter
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
-        self._redis = RedisBuckets(client, on_batch=self._metrics.ratelimit_redis_batch_size.observe)
+        self._redis = RedisBuckets(client, self._timeout, on_batch=self._metrics.ratelimit_redis_batch_size.observe)
         try:
             await self._reach_redis()
         except _REDIS_ERRORS as exc:
@@ -128,6 +139,7 @@ class RateLimiter:
             log.info("rate limiting on Redis", extra={"backend": REDIS})
 
     async def close(self) -> None:
+        self._closing = True  # takes still in flight are answered from memory, with no probe
         if self._probe_task is not None:
             self._probe_task.cancel()
             await asyncio.gather(self._probe_task, return_exceptions=True)
@@ -137,24 +149,42 @@ class RateLimiter:
             self._redis = None
         self._on_redis = False
 
-    async def take_request(self, tier: str | Policy, user_id: str | None, client_ip: str) -> Decision:
-        """One request against its tier and the burst policy, keyed by the user when there is
-        one, else by the client address (IPv6 by its /64)."""
-        policy = self.tiers.resolve(tier)
-        key = user_key(user_id) if user_id is not None else ip_key(client_ip)
-        return await self.take(((policy, key), (self.tiers.burst, key)))
+    def request_key(self, user_id: str | None, peer: str, forwarded_for: str | None) -> str:
+        """Whose buckets a request draws on: the user's when it carries a valid token, else
+        its client address's (X-Forwarded-For believed from TRUSTED_PROXIES only; IPv6 by /64)."""
+        if user_id is not None:
+            return user_key(user_id)
+        cache_key = (peer, forwarded_for)
+        key = self._client_keys.get(cache_key)
+        if key is None:
+            # Parsing addresses costs more than the whole bucket arithmetic: remember the
+            # answer for the clients seen lately (a bounded cache, emptied when full).
+            if len(self._client_keys) >= _CLIENT_KEY_CACHE:
+                self._client_keys.clear()
+            key = self._client_keys[cache_key] = ip_key(client_ip(peer, forwarded_for, self._trusted_proxies))
+        return key
 
-    async def take_auth_attempt(self, client_ip: str, username: str) -> Decision:
-        """One login attempt: against the auth tier per client address and per username.
+    async def take_request(self, tier: str | Policy, key: str) -> Decision:
+        """One request against its tier and the burst policy, for ``key`` (``request_key``)."""
+        policies = self._request_policies.get(tier)
+        if policies is None:
+            policies = self._request_policies[tier] = (self.tiers.resolve(tier), self.tiers.burst)
+        return await self.take(policies, (key, key))
+
+    async def take_auth_attempt(self, client_key: str, username: str) -> Decision:
+        """One login attempt: against the auth tier per client (``request_key`` without a
+        user) and per username.
 
         Raises RateLimitUnavailable instead of answering from memory when the auth tier is
         set to fail closed (RATE_LIMIT_AUTH_FAIL_CLOSED) and Redis is down.
         """
-        buckets = ((self.tiers.auth, ip_key(client_ip)), (self.tiers.auth_user, username_key(username)))
-        return await self.take(buckets, fail_closed=self._auth_fail_closed)
+        return await self.take((self.tiers.auth, self.tiers.auth_user), (client_key, username_key(username)),
+                               fail_closed=self._auth_fail_closed)
 
-    async def take(self, buckets: Sequence[tuple[Policy, str]], cost: int = 1, fail_closed: bool = False) -> Decision:
-        """Take ``cost`` from every bucket ``(policy, key)``, all or nothing.
+    async def take(self, policies: Sequence[Policy], keys: Sequence[str], cost: int = 1,
+                   fail_closed: bool = False) -> Decision:
+        """Take ``cost`` from the bucket of each policy for the key at the same place, all or
+        nothing.
 
         With ``fail_closed``, raises RateLimitUnavailable rather than answer from memory
         while Redis is configured but not answering.
@@ -162,28 +192,24 @@ class RateLimiter:
         reason = "redis_down"
         if self._on_redis:
             assert self._redis is not None
-            specs = [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in buckets]
             try:
-                allowed, quotas = await self._redis.take(specs, cost)
+                allowed, quotas = await self._redis.take(_specs(policies, keys), cost)
             except RedisUnavailable as exc:
                 self._fall_back(str(exc))
             except Overloaded:
                 reason = "overloaded"
                 self._log_rarely("rate-limit Redis queue full: answering from memory", reason=reason)
             else:
-                decision = Decision(allowed, [policy for policy, _ in buckets], quotas, REDIS)
+                decision = Decision(allowed, policies, quotas, REDIS)
                 self._count(decision)
                 return decision
         if self.redis_configured:
             if fail_closed:
                 raise RateLimitUnavailable(self._probe_interval)
             self._metrics.ratelimit_memory_answers.labels(reason=reason).inc()
-        return self._take_memory(buckets, cost)
-
-    def _take_memory(self, buckets: Sequence[tuple[Policy, str]], cost: int) -> Decision:
-        policies = [self._share(policy) for policy, _ in buckets]
-        specs = [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, (_, key) in zip(policies, buckets)]
-        allowed, quotas = self._memory.take(specs, cost)
+        if self._processes > 1:
+            policies = [self._share(policy) for policy in policies]
+        allowed, quotas = self._memory.take(_specs(policies, keys), cost)
         decision = Decision(allowed, policies, quotas, MEMORY)
         self._count(decision)
         return decision
@@ -210,13 +236,12 @@ class RateLimiter:
 
     async def _reach_redis(self) -> None:
         assert self._redis is not None
-        # ping, then the script: two round trips, each bounded by the socket timeout
-        async with asyncio.timeout(self._timeout * 4):
-            await self._redis.ping()
-            await self._redis.load()
+        # Off the request path (start, probes), Redis gets the general REDIS_TIMEOUT to answer.
+        await self._redis.connect(self._settings.redis_timeout / 1000)
 
     def _fall_back(self, reason: str) -> None:
-        if self._probe_task is not None:  # already in fallback
+        if self._probe_task is not None or self._closing:  # already in fallback, or stopping
+            self._on_redis = False
             return
         self._on_redis = False
         self._fallback_since = time.monotonic()
@@ -268,6 +293,11 @@ class RateLimiter:
         self._logged_at[reason] = now
         log.warning(message, extra={"reason": reason, **fields})
         return True
+
+
+def _specs(policies: Sequence[Policy], keys: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The backends' view of buckets: (``<policy>:<key>``, capacity, window in ms)."""
+    return [(f"{policy.name}:{key}", policy.limit, policy.window_ms) for policy, key in zip(policies, keys)]
 
 
 def _reason(exc: BaseException) -> str:

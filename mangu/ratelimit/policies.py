@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mangu.config import Settings
 
@@ -27,21 +27,16 @@ class Policy:
     name: str
     limit: int
     window_ms: int
+    # this policy's item in the RateLimit-Policy field, e.g. '"general";q=100;w=900'
+    header_item: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"policy name {self.name!r}: expected a lowercase word of up to 32 characters")
         if self.limit < 1 or self.window_ms < 1:
             raise ValueError(f"policy {self.name!r}: limit and window_ms must be positive")
-
-    @property
-    def window_s(self) -> float:
-        return self.window_ms / 1000
-
-    @property
-    def header_window(self) -> int:
-        """The window in whole seconds, as RateLimit-Policy's ``w`` parameter wants it."""
-        return max(1, math.ceil(self.window_ms / 1000))
+        window_s = max(1, math.ceil(self.window_ms / 1000))  # w is whole seconds
+        object.__setattr__(self, "header_item", f'"{self.name}";q={self.limit};w={window_s}')
 
     def divided(self, processes: int) -> Policy:
         """This policy's share in one of ``processes`` processes (at least 1 request)."""

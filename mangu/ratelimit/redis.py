@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
@@ -19,8 +20,9 @@ from redis.exceptions import NoScriptError, RedisError
 from mangu.ratelimit.bucket import Quota
 
 # KEYS: every bucket of every request, in order.
-# ARGV[1]: the number of requests; then per request: its bucket count and cost, then per
-# bucket: capacity and window (ms).
+# ARGV: one per request, "cost,capacity,window_ms[,capacity,window_ms...]": a capacity and
+# window per bucket of the request (one argument per request keeps the client's encoding
+# work small: redis-py's cost grows with the number of arguments).
 # Returns per request: allowed (1/0), then per bucket: remaining (whole tokens), retry-after
 # (ms, 0 when the bucket had enough) and reset (ms until full).
 SCRIPT = """
@@ -28,17 +30,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local out = {}
 local k = 0
-local a = 1
-local levels, rates, caps = {}, {}, {}
-for _ = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[a + 1])
-  local cost = tonumber(ARGV[a + 2])
-  a = a + 2
+local spec, levels, rates, caps = {}, {}, {}, {}
+for r = 1, #ARGV do
+  local j = 0
+  for field in string.gmatch(ARGV[r], '[^,]+') do
+    j = j + 1
+    spec[j] = tonumber(field)
+  end
+  local cost = spec[1]
+  local n = (j - 1) / 2
   local allowed = 1
   for i = 1, n do
-    local cap = tonumber(ARGV[a + 1])
-    local rate = cap / tonumber(ARGV[a + 2])
-    a = a + 2
+    local cap = spec[2 * i]
+    local rate = cap / spec[2 * i + 1]
     local level = cap
     local state = redis.call('HMGET', KEYS[k + i], 'tokens', 'ts')
     if state[1] then
@@ -71,9 +75,16 @@ return out
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 KEY_PREFIX = "mangu:rl:"
+_GRACE_TURNS = 8  # event-loop turns a reply gets to be read after the deadline
+
+T = TypeVar("T")
 
 # One take: its buckets as (key, capacity, window in ms), and its cost.
 Take = tuple[Sequence[tuple[str, int, int]], int]
+
+
+class RedisTimeout(RedisError):
+    """Redis did not answer one call in time."""
 
 
 class RedisUnavailable(Exception):
@@ -87,25 +98,31 @@ class Overloaded(Exception):
 class RedisBuckets:
     """Takes from buckets in Redis, coalescing concurrent takes into one EVALSHA.
 
-    ``client`` should have a short socket timeout and no retries: a slow answer is worse
-    than the memory fallback.
+    Every call is bounded by ``timeout`` seconds; ``client`` should make no retries of its
+    own: a slow answer is worse than the memory fallback.
     """
 
-    def __init__(self, client: Redis, max_batch: int = 256, max_pending: int = 10_000,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(self, client: Redis, timeout: float, max_batch: int = 256, max_pending: int = 10_000,
+                 max_in_flight: int = 4, on_batch: Callable[[int], None] | None = None) -> None:
         self.client = client
+        self.timeout = timeout
         self.max_batch = max_batch
         self.max_pending = max_pending
+        self.max_in_flight = max_in_flight
         self._on_batch = on_batch
         self._pending: list[tuple[Take, asyncio.Future[tuple[bool, list[Quota]]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._flush_scheduled = False
 
-    async def load(self) -> None:
-        """Load the script (after a start or a Redis restart); raises RedisError when down."""
-        await self.client.script_load(SCRIPT)
+    async def connect(self, timeout: float) -> None:
+        """Open a connection for each batch that may be in flight, and load the script (after
+        a start or a Redis restart); raises RedisError when Redis does not answer in ``timeout``.
 
-    async def ping(self) -> None:
-        await self.client.ping()
+        Connecting takes several round trips: they are made here, off the request path,
+        rather than by the first batches under load.
+        """
+        await asyncio.gather(*(self._bounded(self.client.ping(), timeout) for _ in range(self.max_in_flight)))
+        await self._bounded(self.client.script_load(SCRIPT), timeout)
 
     def take(self, buckets: Sequence[tuple[str, int, int]], cost: int = 1) -> asyncio.Future[tuple[bool, list[Quota]]]:
         """Queue a take; the future gives (allowed, quotas) or raises RedisUnavailable.
@@ -117,51 +134,84 @@ class RedisBuckets:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bool, list[Quota]]] = loop.create_future()
         self._pending.append(((buckets, cost), future))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
+        # The flusher starts once this loop turn is over, so every take of the turn goes in
+        # its batch; up to max_in_flight batches overlap, so the server keeps working (and
+        # filling the next batch) while Redis answers the last one.
+        if not self._flush_scheduled and len(self._flushers) < self.max_in_flight:
+            self._flush_scheduled = True
+            flusher = loop.create_task(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         return future
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._flushers:
+            await asyncio.gather(*self._flushers, return_exceptions=True)
         await self.client.aclose()
 
     async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                try:
-                    reply = await self._evalsha(batch)
-                except (RedisError, OSError, asyncio.TimeoutError) as exc:
-                    # Everything queued behind this batch would meet the same fate: fail it now.
-                    failed, self._pending = batch + self._pending, []
-                    error = RedisUnavailable(f"{type(exc).__name__}: {exc}")
-                    for _, future in failed:
-                        if not future.done():
-                            future.set_exception(error)
-                    return
-                _resolve(batch, reply)
-        finally:
-            self._flusher = None
+        self._flush_scheduled = False
+        while self._pending:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            try:
+                reply = await self._evalsha(batch)
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                # Everything queued behind this batch would meet the same fate: fail it now.
+                failed, self._pending = batch + self._pending, []
+                error = RedisUnavailable(f"{type(exc).__name__}: {exc}")
+                for _, future in failed:
+                    if not future.done():
+                        future.set_exception(error)
+                return
+            _resolve(batch, reply)
 
     async def _evalsha(self, batch: list[tuple[Take, asyncio.Future]]) -> list[int]:
-        keys: list[str] = []
-        args: list[int] = [len(batch)]
+        keys: list[bytes] = []
+        specs: list[bytes] = []
         for (buckets, cost), _ in batch:
-            args.append(len(buckets))
-            args.append(cost)
+            spec = [str(cost)]
             for key, capacity, window_ms in buckets:
-                keys.append(KEY_PREFIX + key)
-                args.append(capacity)
-                args.append(window_ms)
+                keys.append(f"{KEY_PREFIX}{key}".encode())
+                spec.append(f"{capacity},{window_ms}")
+            specs.append(",".join(spec).encode())
         if self._on_batch is not None:
             self._on_batch(len(batch))
         try:
-            return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            return await self._bounded(self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *specs))
         except NoScriptError:  # Redis restarted or its script cache was flushed
-            await self.load()
-            return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            await self._bounded(self.client.script_load(SCRIPT))
+            return await self._bounded(self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *specs))
+
+    async def _bounded(self, call: Awaitable[T], timeout: float | None = None) -> T:
+        """``call``, or RedisTimeout after ``timeout`` (default: the limiter's) seconds.
+
+        The deadline is meant to catch a slow Redis, not a busy server: a busy event loop can
+        run the timer before the callback of a reply that has already arrived, and a timer
+        that fires late shows this process was held up (by its loop or by the machine). So
+        a late timer is renewed once, and at the deadline the loop gets a few more turns to
+        read what is there before giving up.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(call)
+        try:
+            deadline = loop.time() + timeout
+            await asyncio.wait((task,), timeout=timeout)
+            if not task.done() and loop.time() - deadline > timeout / 2:
+                await asyncio.wait((task,), timeout=timeout)
+            for _ in range(_GRACE_TURNS):
+                if task.done():
+                    break
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()  # redis-py drops the connection of a cancelled call
+            await asyncio.gather(task, return_exceptions=True)
+            raise RedisTimeout(f"no answer within {timeout * 1000:.0f} ms")
+        return task.result()
 
 
 def _resolve(batch: list[tuple[Take, asyncio.Future]], reply: list[int]) -> None:
