@@ -44,8 +44,8 @@ def _target_id(fields: Fields, target: str | None, value: Any) -> str | None:
 
 
 def _user_id(fields: Fields, name: str, value: Any) -> str | None:
-    return fields.text(name, value, max_length=128, pattern=p.USER_PATTERN, strip=False,
-                       expected="expected a user id of 1-128 characters [A-Za-z0-9._@:-]")
+    return fields.text(name, value, max_length=p.MAX_USER_ID_LENGTH, pattern=p.USER_ID, strip=False,
+                       expected=f"expected {p.USER_EXPECTED}")
 
 
 class PublishHandler(APIHandler):

@@ -52,8 +52,8 @@ class UserPresenceHandler(APIHandler):
     async def get(self, user_id: str) -> None:
         """``{user, status, last_seen}``; ``offline`` for a user never seen."""
         self.require_user()
-        if not p.USER_PATTERN.fullmatch(user_id):
-            raise ValidationError({"user_id": "expected a user id of 1-128 characters [A-Za-z0-9._@:-]"})
+        if not p.valid_user_id(user_id):
+            raise ValidationError({"user_id": f"expected {p.USER_EXPECTED}"})
         self.write_json(await self.services.hub.get_user_presence(user_id))
 
 

@@ -180,10 +180,17 @@ def client_msg_id_field(frame: Frame) -> str | None:
     return value
 
 
+USER_EXPECTED = f"a user id of 1-{MAX_USER_ID_LENGTH} characters [A-Za-z0-9._@-]"
+
+
+def valid_user_id(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_USER_ID_LENGTH and bool(USER_ID.fullmatch(value))
+
+
 def user_field(frame: Frame, name: str) -> str:
     value = frame.data.get(name)
-    if not isinstance(value, str) or len(value) > MAX_USER_ID_LENGTH or not USER_ID.fullmatch(value):
-        raise _bad(frame, name, f"a user id of 1-{MAX_USER_ID_LENGTH} characters [A-Za-z0-9._@-]")
+    if not valid_user_id(value):
+        raise _bad(frame, name, USER_EXPECTED)
     return value
 
 
