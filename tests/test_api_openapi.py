@@ -73,5 +73,7 @@ async def test_schemathesis_finds_no_5xx_and_no_answer_off_the_description(start
     output, _ = await asyncio.wait_for(process.communicate(), 240)
     report = output.decode(errors="replace")
     assert process.returncode == 0, report[-6000:]
-    operations = sum(len(methods) for methods in described().values())
-    assert f"{operations} selected / {operations} total" in report and " passed" in report, report[-2000:]
+    # every operation is exercised but the one serving the description itself, which
+    # schemathesis leaves out of a full run (test_the_description_is_served... covers it)
+    operations = sum(len(methods) for methods in described().values()) - 1
+    assert f"Selected: {operations}/{operations}" in report and f"Tested: {operations}" in report, report[-2000:]
