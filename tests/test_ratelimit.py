@@ -72,9 +72,12 @@ async def test_150_requests_first_100_pass_the_rest_get_429(start_limited: Calla
 
 
 async def test_refill_lets_exactly_k_more_through(start_limited: Callable[..., Any]) -> None:
-    app = await start_limited(RATE_LIMIT_MAX=4, RATE_LIMIT_WINDOW=2000, **NO_BURST)  # a token per 0.5 s
+    app = await start_limited(RATE_LIMIT_MAX=4, RATE_LIMIT_WINDOW=4000, **NO_BURST)  # a token a second
+    first = time.monotonic()
     assert [r.code for r in await fetch_all(app, "/test/general", 5)] == [200] * 4 + [429]
-    await asyncio.sleep(2 * 0.5 + 0.15)  # two tokens' worth, and a little
+    # The bucket refills from the first take on: two tokens' worth after it, and a little
+    # (the third token comes 3 s after it).
+    await asyncio.sleep(first + 2.25 - time.monotonic())
     assert [r.code for r in await fetch_all(app, "/test/general", 3)] == [200, 200, 429]
 
 
@@ -85,16 +88,16 @@ async def test_500_concurrent_requests_on_a_bucket_of_100_allow_exactly_100(star
 
 
 async def test_burst_tier_applies_under_the_window_tier(start_limited: Callable[..., Any]) -> None:
-    app = await start_limited(RATE_LIMIT_BURST=3)
-    responses = await fetch_all(app, "/test/general", 4)
-    assert [r.code for r in responses[:3]] == [200] * 3
-    assert assert_refused(responses[3], "burst") == 1
-    assert responses[3].headers["X-RateLimit-Limit"] == "3"
-    assert '"burst";q=3;w=1' in responses[3].headers["RateLimit-Policy"]
+    app = await start_limited(RATE_LIMIT_BURST=1)  # one request a second, whatever the window allows
+    responses = await fetch_all(app, "/test/general", 2)
+    assert responses[0].code == 200
+    assert assert_refused(responses[1], "burst") == 1
+    assert responses[1].headers["X-RateLimit-Limit"] == "1"
+    assert '"burst";q=1;w=1' in responses[1].headers["RateLimit-Policy"]
     await asyncio.sleep(1.1)
     after = await app.fetch("/test/general")
     assert after.code == 200
-    assert after.headers["X-RateLimit-Remaining"] == "96"  # the refused request spent nothing
+    assert after.headers["X-RateLimit-Remaining"] == "98"  # the refused request spent nothing
 
 
 async def test_strict_tier_and_a_custom_policy(start_limited: Callable[..., Any]) -> None:
@@ -104,7 +107,7 @@ async def test_strict_tier_and_a_custom_policy(start_limited: Callable[..., Any]
     export = await fetch_all(app, "/test/export", 3)
     assert [r.code for r in export] == [200, 200, 429]
     assert export[0].headers["RateLimit-Policy"] == '"export";q=2;w=60, "burst";q=10;w=1'
-    assert assert_refused(export[2], "export") == 30  # a token every 30 s
+    assert 29 <= assert_refused(export[2], "export") <= 30  # a token every 30 s
 
 
 async def test_error_responses_of_a_limited_endpoint_carry_the_headers(start_limited: Callable[..., Any]) -> None:
@@ -128,12 +131,12 @@ async def test_auth_tier_counts_per_ip_and_per_username(start_limited: Callable[
     from_one_ip = [await attempt(f"reader{i}", "198.51.100.7") for i in range(6)]
     assert [r.code for r in from_one_ip] == [401] * 5 + [429]
     assert from_one_ip[0].headers["RateLimit-Policy"] == '"auth";q=5;w=900, "auth_user";q=10;w=900'
-    assert assert_refused(from_one_ip[5], "auth") == 180  # 5 per 15 minutes: one back every 3 minutes
+    assert 170 <= assert_refused(from_one_ip[5], "auth") <= 180  # 5 per 15 minutes: one back every 3 minutes
 
     # one username, a different IP each time: the 11th is refused, whatever the case of the name
     spread = [await attempt("Alice" if i % 2 else "alice", f"203.0.113.{i}") for i in range(11)]
     assert [r.code for r in spread] == [401] * 10 + [429]
-    assert assert_refused(spread[10], "auth_user") == 90
+    assert 80 <= assert_refused(spread[10], "auth_user") <= 90
     assert spread[10].headers["X-RateLimit-Limit"] == "10"
 
 
@@ -171,13 +174,17 @@ async def test_ipv6_clients_in_one_64_share_a_bucket(start_limited: Callable[...
 
 
 async def test_decisions_are_counted_by_policy_and_outcome(start_limited: Callable[..., Any]) -> None:
-    app = await start_limited(RATE_LIMIT_MAX=2, RATE_LIMIT_BURST=3)
-    await fetch_all(app, "/test/general", 3)
-    await fetch_all(app, "/test/export", 2)
-    assert metric(app, "mangu_ratelimit_decisions_total", policy="general", outcome="allowed") == 2
-    assert metric(app, "mangu_ratelimit_decisions_total", policy="general", outcome="limited") == 1
-    assert metric(app, "mangu_ratelimit_decisions_total", policy="burst", outcome="limited") == 1
-    assert metric(app, "mangu_ratelimit_decisions_total", policy="export", outcome="allowed") == 1
+    app = await start_limited(RATE_LIMIT_MAX=1, RATE_LIMIT_BURST=1)
+    codes = [(await app.fetch(path)).code for path in ("/test/general", "/test/general", "/test/export")]
+    assert codes == [200, 429, 429]  # the general tier spent, then the burst (one a second)
+    await asyncio.sleep(1.1)
+    assert (await app.fetch("/test/export")).code == 200
+
+    def decisions(policy: str, outcome: str) -> float:
+        return metric(app, "mangu_ratelimit_decisions_total", policy=policy, outcome=outcome)
+
+    assert (decisions("general", "allowed"), decisions("general", "limited")) == (1, 1)
+    assert (decisions("burst", "limited"), decisions("export", "allowed")) == (1, 1)
 
 
 async def test_probes_are_exempt(start_app: Callable[..., Any]) -> None:

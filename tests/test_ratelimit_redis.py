@@ -59,6 +59,16 @@ async def test_two_instances_share_one_bucket(start_app: Callable[..., Any], red
     assert (await one.fetch("/test/general")).code == 429 and (await two.fetch("/test/general")).code == 429
 
 
+async def test_flushed_script_is_loaded_again(start_app: Callable[..., Any], redis_url: str,
+                                              redis_server: RedisProcess) -> None:
+    app = add_routes(await start_app(REDIS_URL=redis_url, RATE_LIMIT_MAX=3, RATE_LIMIT_BURST=100))
+    assert (await app.fetch("/test/general")).code == 200
+    assert redis_server.cli("SCRIPT", "FLUSH").startswith("+OK")
+    assert [(await app.fetch("/test/general")).code for _ in range(3)] == [200, 200, 429]
+    assert backend_in_use(app) == "redis"  # NOSCRIPT is not an outage
+    assert metric(app, "mangu_ratelimit_backend_transitions_total", backend="memory") == 0
+
+
 async def test_redis_killed_then_restarted(start_app: Callable[..., Any], redis_url: str,
                                            redis_server: RedisProcess, log_capture: LogCapture) -> None:
     app = add_routes(await start_app(REDIS_URL=redis_url, **FAST_PROBE))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -73,6 +74,8 @@ end
 return out
 """
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+log = logging.getLogger("mangu.ratelimit")
 
 KEY_PREFIX = "mangu:rl:"
 _GRACE_TURNS = 8  # event-loop turns a reply gets to be read after the deadline
@@ -155,16 +158,18 @@ class RedisBuckets:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             try:
-                reply = await self._evalsha(batch)
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
-                # Everything queued behind this batch would meet the same fate: fail it now.
+                _resolve(batch, await self._evalsha(batch))
+            except Exception as exc:
+                if not isinstance(exc, (RedisError, OSError, asyncio.TimeoutError)):
+                    log.error("rate-limit Redis call failed unexpectedly", exc_info=True)
+                # Everything queued behind this batch would meet the same fate: fail it now,
+                # and every request waiting is answered from memory (none is left hanging).
                 failed, self._pending = batch + self._pending, []
                 error = RedisUnavailable(f"{type(exc).__name__}: {exc}")
                 for _, future in failed:
                     if not future.done():
                         future.set_exception(error)
                 return
-            _resolve(batch, reply)
 
     async def _evalsha(self, batch: list[tuple[Take, asyncio.Future]]) -> list[int]:
         keys: list[bytes] = []
