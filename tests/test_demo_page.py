@@ -71,7 +71,8 @@ def pages(browser: Browser) -> Iterator[Any]:
 
 def test_two_readers_chat_see_typing_presence_and_direct_messages(server: ServerProcess, pages: Any) -> None:
     base = server.url()
-    alice = pages().sign_in(base, "alice", room="book:42")
+    # alice arrives with a token minted elsewhere, bob signs up through the form
+    alice = pages().sign_in_with_token(base, "alice", room="book:42")
     bob = pages(viewport=PHONE).sign_in(base, "bob", room="book:42")
 
     expect(alice.page.locator("#view-title")).to_have_text("book:42")
@@ -200,23 +201,39 @@ def test_client_asks_for_a_new_token_after_4001_and_before_expiry(server: Server
     assert result["now"] == result["first"] and result["pong"] == "number"
 
 
-def test_login_form_calls_the_auth_api_and_shows_its_answer(server: ServerProcess, pages: Any) -> None:
+def test_sign_up_log_out_and_log_in_through_the_form(server: ServerProcess, pages: Any) -> None:
     visitor = pages(viewport=PHONE)
     visitor.page.goto(server.url("/"))
     expect(visitor.page.locator("#login")).to_be_visible()
-    visitor.page.locator("#username").fill("Frank")
-    visitor.page.locator("#password").fill("correct horse battery")
-    for button, path in (("#login-button", "/api/auth/login"), ("#signup-button", "/api/auth/register")):
-        with visitor.page.expect_response(lambda r, path=path: r.url.endswith(path)) as answer:
-            visitor.page.locator(button).click()
+    form = visitor.page.locator
+
+    def submit(button: str, path: str, password: str) -> Any:
+        form("#username").fill("Frank")
+        form("#password").fill(password)
+        with visitor.page.expect_response(lambda r: r.url.endswith(path)) as answer:
+            form(button).click()
         request = answer.value.request
-        assert request.method == "POST"
-        assert request.headers["content-type"] == "application/json"
-        assert request.post_data_json == {"username": "frank", "password": "correct horse battery"}
-        # no such account (or no such endpoint on this server): the form says so and stays
-        expect(visitor.page.locator("#login-error")).to_be_visible()
-        expect(visitor.page.locator("#login-error")).not_to_be_empty()
-        expect(visitor.page.locator("#chat")).to_be_hidden()
+        assert request.method == "POST" and request.headers["content-type"] == "application/json"
+        assert request.post_data_json == {"username": "frank", "password": password}
+        return answer.value
+
+    # no such account yet: the server's answer is shown and the form stays
+    assert submit("#login-button", "/api/auth/login", "correct horse battery").status == 401
+    expect(form("#login-error")).to_be_visible()
+    expect(form("#login-error")).not_to_be_empty()
+    expect(form("#chat")).to_be_hidden()
+    # sign up: straight into the chat, connected, as frank
+    assert submit("#signup-button", "/api/auth/register", "correct horse battery").status == 201
+    visitor.expect_connected()
+    expect(form("#my-name")).to_have_text("frank")
+    visitor.screenshot("demo-signed-up-phone")
+    form("#logout").click()
+    expect(form("#login")).to_be_visible()
+    assert submit("#login-button", "/api/auth/login", "wrong horse battery").status == 401
+    expect(form("#login-error")).to_be_visible()
+    assert submit("#login-button", "/api/auth/login", "correct horse battery").status == 200
+    visitor.expect_connected()
+    expect(form("#login-error")).to_be_hidden()
     visitor.screenshot("demo-login-phone")
 
 

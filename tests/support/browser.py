@@ -44,6 +44,9 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
+PASSWORD = "correct horse battery staple"
+
+
 class DemoPage:
     """The demo page in a browser context of its own. ``problems`` collects uncaught errors
     and the warnings the page's own scripts log (a duplicate message, for one);
@@ -72,8 +75,24 @@ class DemoPage:
     # -- logging in
 
     def sign_in(self, base_url: str, user: str, room: str | None = None) -> DemoPage:
-        """Open the page as ``user``: a token signed with the server's JWT secret, handed to the
-        page in the address (``/#token=...``), as a login would hand it one."""
+        """Open the page and sign in as ``user`` through the form, as a new reader would: sign
+        up, or log in when the account exists already (a second tab of the same user)."""
+        query = f"?room={room}" if room else ""
+        self.page.goto(f"{base_url}/{query}")
+        self.page.locator("#username").fill(user)
+        self.page.locator("#password").fill(PASSWORD)
+        with self.page.expect_response(lambda r: r.url.endswith("/api/auth/register")) as answer:
+            self.page.locator("#signup-button").click()
+        if answer.value.status == 409:
+            with self.page.expect_response(lambda r: r.url.endswith("/api/auth/login")) as answer:
+                self.page.locator("#login-button").click()
+        assert answer.value.status in (200, 201), answer.value.text()
+        self.expect_connected()
+        return self
+
+    def sign_in_with_token(self, base_url: str, user: str, room: str | None = None) -> DemoPage:
+        """Open the page with a token minted elsewhere (``/#token=...``), for a system that keeps
+        its own login."""
         query = f"?room={room}" if room else ""
         self.page.goto(f"{base_url}/{query}#token={make_token(user, roles=['reader'])}")
         self.expect_connected()
