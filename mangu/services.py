@@ -26,6 +26,7 @@ from mangu.health import Health
 from mangu.inflight import InFlightRequests
 from mangu.metrics import Metrics
 from mangu.ratelimit import RateLimiter
+from mangu.redis_options import HANDSHAKE_FREE
 from mangu.realtime.bus import Bus
 from mangu.realtime.hub import Hub
 from mangu.realtime.presence import ClusterPresence, LocalPresence, Presence
@@ -139,5 +140,5 @@ def _redis_client(settings: Settings) -> Redis:
     assert settings.redis_url is not None
     return Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1), client_name="mangu",
+        retry=Retry(NoBackoff(), 1), **HANDSHAKE_FREE,
     )

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from mangu.clientip import client_ip
@@ -28,6 +27,7 @@ from mangu.ratelimit.bucket import MemoryBuckets, Quota
 from mangu.ratelimit.keys import ip_key, user_key, username_key
 from mangu.ratelimit.policies import Policy, Tiers
 from mangu.ratelimit.redis import Overloaded, RedisBuckets, RedisUnavailable
+from mangu.redis_options import HANDSHAKE_FREE
 
 log = logging.getLogger("mangu.ratelimit")
 
@@ -125,8 +125,7 @@ class RateLimiter:
             socket_connect_timeout=self._settings.redis_timeout / 1000,
             retry=Retry(NoBackoff(), 0),  # a retry would double the wait; memory answers instead
             max_connections=8,
-            # one round trip less per connection: cluster maintenance pushes do not concern a limiter
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            **HANDSHAKE_FREE,
         )
         self._redis = RedisBuckets(client, self._timeout, on_batch=self._metrics.ratelimit_redis_batch_size.observe)
         try:
