@@ -218,3 +218,25 @@ async def test_redis_restart_mid_conversation(other_process, here, redis_server:
     missed = await bob.ok("history:fetch", {"room": "book:42", "after": 1})
     assert "during" in [m["text"] for m in missed["messages"]]
     assert (await wait_health(here, "healthy"))["code"] == 200
+
+
+async def test_admin_publish_reaches_sockets_on_two_processes(other_process, here) -> None:
+    readers = [await member(here.ws_url(), "ivy", room="book:3"), await member(other_process.ws_url(), "jon", room="book:3")]
+    bystander = await member(other_process.ws_url(), "kim", room="book:4")
+    admin = {"Authorization": f"Bearer {make_token('root', roles=['admin'])}"}
+    notice = {"message": "Maintenance at 02:00 UTC", "minutes": 15}
+    for body, receivers in (
+        ({"target": "room", "id": "book:3", "event": "system:maintenance", "data": notice}, readers),
+        ({"target": "user", "id": "jon", "event": "system:maintenance", "data": notice}, readers[1:]),
+        ({"target": "broadcast", "event": "system:maintenance", "data": notice}, [*readers, bystander]),
+    ):
+        response = await here.fetch("/api/admin/publish", method="POST", body=body, headers=admin)
+        assert response.code == 202, response.body
+        for client in receivers:
+            assert (await client.expect("system:maintenance"))["data"] == notice
+    await asyncio.sleep(0.2)
+    assert [len(c.received("system:maintenance")) for c in (*readers, bystander)] == [2, 3, 1]
+    response = await here.fetch("/api/admin/disconnect", method="POST", body={"user_id": "jon", "reason": "bye"},
+                                headers=admin)
+    assert response.code == 200
+    assert await readers[1].closed(5) == 4003

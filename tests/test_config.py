@@ -140,20 +140,3 @@ def test_server_starts_logs_one_start_line_and_stops_cleanly_on_sigint() -> None
     finally:
         server.stop()
 
-
-def test_log_file_is_reopened_on_sighup(tmp_path: Path) -> None:
-    log_file = tmp_path / "mangu.log"
-    server = ServerProcess({**BASE, "LOG_FILE": str(log_file), "MONGODB_URL": "mongodb://127.0.0.1:1/"}).start()
-    try:
-        assert "listening on" in log_file.read_text()
-        rotated = tmp_path / "mangu.log.1"
-        log_file.rename(rotated)  # what logrotate does
-        server.signal(signal.SIGHUP)
-        server.wait_for(lambda r: r.get("message") == "log files reopened")
-        server.signal(signal.SIGTERM)
-        assert server.wait(30) == 0
-        assert "log files reopened" in log_file.read_text()
-        assert "stopped" in log_file.read_text()
-        assert "log files reopened" not in rotated.read_text()
-    finally:
-        server.stop()
