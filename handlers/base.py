@@ -172,6 +172,10 @@ class MaguHandlerMixin:
         if self.config.production:
             self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         self.set_header("X-Correlation-Id", self.correlation_id)
+        if self.services.draining:
+            # Also for a request whose headers were read just before the shutdown began
+            # (Tornado decides keep-alive then): the client takes its next request elsewhere.
+            self.set_header("Connection", "close")
 
     def write(self, chunk: str | bytes | dict) -> None:  # type: ignore[override]
         if isinstance(chunk, str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
