@@ -240,8 +240,8 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
             self._ack(frame)
         elif event == p.JOIN_ROOM:
             room = p.room_field(frame)
-            members = await hub.join(self, self.principal, room)
-            self._ack(frame, {"room": room, "members": members})
+            members, truncated = await hub.join(self, self.principal, room)
+            self._ack(frame, {"room": room, "members": members, "truncated": truncated})
         elif event == p.LEAVE_ROOM:
             room = p.room_field(frame)
             await hub.leave(self, room)

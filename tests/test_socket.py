@@ -370,3 +370,22 @@ async def test_a_client_that_never_reads_is_closed_1013_others_keep_receiving(st
     sock.close()
     await asyncio.sleep(0.2)
     assert registry.get_sample_value("mangu_websocket_connections_closed_total", {"code": "1013"}) == 1
+
+
+async def test_large_rooms_get_no_join_leave_or_presence_events_and_a_short_member_list(
+    start_app, mongo_url, mongo_db
+) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_ROOM_PRESENCE_MAX="3")
+    first = await joined(app, "u1", "big")
+    for user in ("u2", "u3"):
+        await joined(app, user, "big")
+        await first.expect("room:joined", user=user)  # still small: told
+    fourth = await connect(app, "u4")
+    ack = await fourth.ok("join:room", {"room": "big"})
+    assert [m["user"] for m in ack["members"]] == ["u1", "u2", "u3"] and ack["truncated"] is True
+    await fourth.ok("presence:update", {"status": "away"})
+    await fourth.close()
+    await first.ok("message:send", {"room": "big", "text": "messages still flow"})
+    await first.expect("message:received", text="messages still flow")
+    assert [e["user"] for e in first.received("room:joined")] == ["u2", "u3"]
+    assert first.received("presence:updated") == [] and first.received("room:left") == []

@@ -170,19 +170,30 @@ class Hub:
 
     async def _announce_departure(self, user_id: str, rooms: list[str], entry: dict[str, Any]) -> None:
         """A user went offline: their rooms hear presence:updated, then room:left."""
+        rooms = await self._presence_rooms(rooms)
         self.publish_rooms(rooms, p.encode(p.PRESENCE_UPDATED, entry), p.PRESENCE_UPDATED)
         for room in rooms:
             self.publish_room(room, p.encode(p.ROOM_LEFT, {"room": room, "user": user_id}), p.ROOM_LEFT)
 
     async def _announce_left(self, rooms: list[str], user_id: str) -> None:
-        for room in rooms:
-            if user_id not in await self.presence.room_users(room):  # not still there through another process
-                self.publish_room(room, p.encode(p.ROOM_LEFT, {"room": room, "user": user_id}), p.ROOM_LEFT)
+        elsewhere = set(await self.presence.user_rooms(user_id))  # still there through another process
+        for room in await self._presence_rooms(r for r in rooms if r not in elsewhere):
+            self.publish_room(room, p.encode(p.ROOM_LEFT, {"room": room, "user": user_id}), p.ROOM_LEFT)
+
+    async def _room_size(self, room: str) -> int:
+        return max(len(self._rooms.get(room, ())), await self.presence.room_size(room))
+
+    async def _presence_rooms(self, rooms: Iterable[str]) -> list[str]:
+        """The rooms small enough for join, leave and presence events (WS_ROOM_PRESENCE_MAX):
+        in a room of thousands they would cost more than they tell."""
+        limit = self.settings.ws_room_presence_max
+        return [room for room in rooms if await self._room_size(room) <= limit]
 
     # -- rooms
 
-    async def join(self, peer: Any, principal: Any, room: str) -> list[dict[str, Any]]:
-        """Add the connection to a room; returns the members online with their presence."""
+    async def join(self, peer: Any, principal: Any, room: str) -> tuple[list[dict[str, Any]], bool]:
+        """Add the connection to a room; returns the members online with their presence (at
+        most WS_ROOM_PRESENCE_MAX) and whether there are more."""
         if not self.room_policy(principal, room):
             raise p.ProtocolError(p.E_FORBIDDEN, f"joining {room!r} is not allowed")
         if room not in peer.rooms:
@@ -197,13 +208,15 @@ class Hub:
             members.add(peer)
             peer.rooms.add(room)
             if first_here:
-                elsewhere = peer.user_id in await self.presence.room_users(room)
+                elsewhere = room in await self.presence.user_rooms(peer.user_id)
                 await self.presence.room_joined(room, peer.user_id)
-                if not elsewhere:
+                if not elsewhere and await self._presence_rooms([room]):
                     entry = await self.presence.get(peer.user_id)
                     self.publish_room(room, p.encode(p.ROOM_JOINED, {"room": room, **entry}), p.ROOM_JOINED,
                                       exclude_user=peer.user_id)
-        return await self.get_room_presence(room)
+        limit = self.settings.ws_room_presence_max
+        members = await self.get_room_presence(room, limit + 1)
+        return members[:limit], len(members) > limit
 
     async def leave(self, peer: Any, room: str) -> None:
         if room in peer.rooms and self._leave(peer, room):
@@ -307,7 +320,7 @@ class Hub:
         rooms = set().union(*(c.rooms for c in self._users.get(user_id, ()))) | set(
             await self.presence.user_rooms(user_id)
         )
-        self.publish_rooms(rooms, p.encode(p.PRESENCE_UPDATED, entry), p.PRESENCE_UPDATED)
+        self.publish_rooms(await self._presence_rooms(rooms), p.encode(p.PRESENCE_UPDATED, entry), p.PRESENCE_UPDATED)
         return entry
 
     # -- delivery
@@ -414,10 +427,13 @@ class Hub:
     async def get_connected_users(self) -> list[str]:
         return await self.presence.online_users()
 
-    async def get_room_presence(self, room: str) -> list[dict[str, Any]]:
-        """The members of ``room`` online now, on every process, with their presence."""
-        users = {m.user_id for m in self._rooms.get(room, ())} | set(await self.presence.room_users(room))
-        return await self.presence.get_many(sorted(users))
+    async def get_room_presence(self, room: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Members of ``room`` online now, on every process, with their presence: the first
+        ``limit`` (default WS_ROOM_PRESENCE_MAX) by user id."""
+        limit = limit or self.settings.ws_room_presence_max
+        users = {m.user_id for m in self._rooms.get(room, ())}
+        users.update(await self.presence.room_users(room, limit))
+        return await self.presence.get_many(sorted(users)[:limit])
 
     def disconnect_user(self, user_id: str, code: int = p.CLOSE_FORBIDDEN, reason: str = "disconnected") -> int:
         """Close every connection of the user, on every process."""

@@ -58,8 +58,12 @@ class Presence(Protocol):
 
     async def room_left(self, room: str, user_id: str) -> None: ...
 
-    async def room_users(self, room: str) -> list[str]:
-        """Users in the room on other processes too (this process's own are known to the hub)."""
+    async def room_users(self, room: str, limit: int) -> list[str]:
+        """Up to ``limit`` users in the room, on other processes too (this process's own are
+        known to the hub)."""
+
+    async def room_size(self, room: str) -> int:
+        """How many memberships the room has on every process (0 when only the hub knows)."""
 
     async def user_rooms(self, user_id: str) -> list[str]:
         """The rooms the user is in on other processes too."""
@@ -118,8 +122,11 @@ class LocalPresence:
     async def room_left(self, room: str, user_id: str) -> None:
         return None
 
-    async def room_users(self, room: str) -> list[str]:
+    async def room_users(self, room: str, limit: int) -> list[str]:
         return []
+
+    async def room_size(self, room: str) -> int:
+        return 0
 
     async def user_rooms(self, user_id: str) -> list[str]:
         return []
@@ -392,9 +399,15 @@ class ClusterPresence:
             return await self._local.online_users()
         return sorted(u.decode() if isinstance(u, bytes) else u for u in users)
 
-    async def room_users(self, room: str) -> list[str]:
-        members = await self._safely(self._redis.zrangebyscore(f"mangu:rm:{room}", self._now(), "+inf"), [])
-        return sorted({(m.decode() if isinstance(m, bytes) else m).rsplit("|", 1)[0] for m in members})
+    async def room_users(self, room: str, limit: int) -> list[str]:
+        # a user can be there from several processes: read a little more than asked
+        members = await self._safely(
+            self._redis.zrangebyscore(f"mangu:rm:{room}", self._now(), "+inf", start=0, num=limit * 2), []
+        )
+        return sorted({(m.decode() if isinstance(m, bytes) else m).rsplit("|", 1)[0] for m in members})[:limit]
+
+    async def room_size(self, room: str) -> int:
+        return await self._safely(self._redis.zcount(f"mangu:rm:{room}", self._now(), "+inf"), 0)
 
     async def user_rooms(self, user_id: str) -> list[str]:
         members = await self._safely(self._redis.zrangebyscore(f"mangu:ur:{user_id}", self._now(), "+inf"), [])
