@@ -170,24 +170,25 @@ class Hub:
 
     async def _announce_departure(self, user_id: str, rooms: list[str], entry: dict[str, Any]) -> None:
         """A user went offline: their rooms hear presence:updated, then room:left."""
-        rooms = await self._presence_rooms(rooms)
+        rooms = await self._presence_rooms(rooms, left=1)
         self.publish_rooms(rooms, p.encode(p.PRESENCE_UPDATED, entry), p.PRESENCE_UPDATED)
         for room in rooms:
             self.publish_room(room, p.encode(p.ROOM_LEFT, {"room": room, "user": user_id}), p.ROOM_LEFT)
 
     async def _announce_left(self, rooms: list[str], user_id: str) -> None:
         elsewhere = set(await self.presence.user_rooms(user_id))  # still there through another process
-        for room in await self._presence_rooms(r for r in rooms if r not in elsewhere):
+        for room in await self._presence_rooms((r for r in rooms if r not in elsewhere), left=1):
             self.publish_room(room, p.encode(p.ROOM_LEFT, {"room": room, "user": user_id}), p.ROOM_LEFT)
 
     async def _room_size(self, room: str) -> int:
         return max(len(self._rooms.get(room, ())), await self.presence.room_size(room))
 
-    async def _presence_rooms(self, rooms: Iterable[str]) -> list[str]:
+    async def _presence_rooms(self, rooms: Iterable[str], left: int = 0) -> list[str]:
         """The rooms small enough for join, leave and presence events (WS_ROOM_PRESENCE_MAX):
-        in a room of thousands they would cost more than they tell."""
+        in a room of thousands they would cost more than they tell. ``left``: members who
+        have just left and still count."""
         limit = self.settings.ws_room_presence_max
-        return [room for room in rooms if await self._room_size(room) <= limit]
+        return [room for room in rooms if await self._room_size(room) + left <= limit]
 
     # -- rooms
 
