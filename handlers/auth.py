@@ -79,8 +79,8 @@ class RefreshHandler(_TokenHandler):
 
     async def post(self) -> None:
         principal = self.require_user()
-        uid = principal.claims.get("uid")
-        if not isinstance(uid, str):
+        uid = principal.account_id
+        if uid is None:
             self.write_json(self.issue(principal.user_id, principal.roles))
             return
         try:
@@ -98,9 +98,9 @@ class MeHandler(APIHandler):
 
     async def get(self) -> None:
         principal: Principal = self.require_user()
-        uid = principal.claims.get("uid")
+        uid = principal.account_id
         account = None
-        if isinstance(uid, str):
+        if uid is not None:
             try:
                 account = await self.services.users.get(uid)
             except NotFound:

@@ -167,15 +167,18 @@ class MaguHandlerMixin:
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
-        for name, value in _SECURITY_HEADERS.items():
-            self.set_header(name, value)
-        if self.config.production:
-            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        self.set_security_headers()
         self.set_header("X-Correlation-Id", self.correlation_id)
         if self.services.draining:
             # Also for a request whose headers were read just before the shutdown began
             # (Tornado decides keep-alive then): the client takes its next request elsewhere.
             self.set_header("Connection", "close")
+
+    def set_security_headers(self) -> None:
+        for name, value in _SECURITY_HEADERS.items():
+            self.set_header(name, value)
+        if self.config.production:
+            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 
     def write(self, chunk: str | bytes | dict) -> None:  # type: ignore[override]
         if isinstance(chunk, str):

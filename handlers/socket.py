@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import tornado.web
 import tornado.websocket
+from tornado import httputil
+from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
 from handlers.base import APIError, MaguHandlerMixin
@@ -29,11 +31,26 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
     """One browser (or other) client connection."""
 
     rate_limit = None  # connections are bounded by WS_MAX_CONNECTIONS and per-user caps instead
+    # Class-level defaults: an idle connection's instance holds only what differs (memory per
+    # connection is a goal: docs/benchmarks.md).
     principal: Principal | None = None
     user_id: str = ""
     mangu_close_sent: int | None = None
+    _timer: asyncio.TimerHandle | None = None  # the auth deadline, then the expiry warning, then the expiry
+    _abuse = 0
+    _registered = False
+    pinged_at: float | None = None
+    rooms: tuple[str, ...] = ()  # the hub's to change
 
     # -- handshake
+
+    def set_security_headers(self) -> None:
+        """Only on error answers: a 101's headers would live as long as the connection, and
+        a browser makes no use of them on an upgrade."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        super().set_security_headers()
+        super().write_error(status_code, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
         """Origins from CLIENT_URL, the server's own origin (the demo page), or none at all
@@ -80,11 +97,8 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.request_done()
         self.conn_id = secrets.token_hex(6)
-        self.rooms: set[str] = set()
+        self.alive_at = asyncio.get_running_loop().time()
         self._bucket = TokenBucket(self.config.ws_message_burst, self.config.ws_message_rate)
-        self._abuse = 0
-        self._timers: list[asyncio.TimerHandle] = []
-        self._registered = False
         self.services.metrics.ws_connections_opened.inc()
         stream = self.ws_connection.stream  # type: ignore[union-attr]
         stream.max_write_buffer_size = self.config.ws_send_queue_bytes
@@ -92,11 +106,24 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
         header = self.request.headers.get("Authorization", "")
         if not token and header[:7].lower() == "bearer ":
             token = header[7:].strip()
+        self._forget_handshake()
         if token:
             return self._start_session(token, None)
-        loop = asyncio.get_running_loop()
-        self._timers.append(loop.call_later(self.config.ws_auth_timeout, self._auth_timeout))
+        self._schedule(self.config.ws_auth_timeout, self._auth_timeout)
         return None
+
+    def _forget_handshake(self) -> None:
+        """Drop what only the upgrade needed: the request's headers and query (the token
+        among them) would otherwise live as long as the connection."""
+        request = self.request
+        request.headers = httputil.HTTPHeaders()
+        request.query_arguments = request.arguments = {}
+        request.uri, request.query = request.path, ""
+
+    def _schedule(self, delay: float, callback: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), callback)
 
     def _auth_timeout(self) -> None:
         if self.principal is None:
@@ -143,16 +170,7 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
     def _set_principal(self, principal: Principal) -> None:
         self.principal = principal
         self.user_id = self.current_user_id = principal.user_id
-        for timer in self._timers:
-            timer.cancel()
-        loop = asyncio.get_running_loop()
-        now, wall = loop.time(), time.time()
-        remaining = principal.expires_at - wall
-        self._timers = [
-            loop.call_later(max(0.0, remaining - self.config.ws_expiry_warning), self._warn_expiry),
-            loop.call_later(max(0.0, remaining), self._expire),
-        ]
-        del now
+        self._schedule(principal.expires_at - time.time() - self.config.ws_expiry_warning, self._warn_expiry)
 
     def _warn_expiry(self) -> None:
         if self.principal is not None:
@@ -160,6 +178,7 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send(p.encode(p.AUTH_EXPIRING, {
                 "expires_at": int(expires_at), "expires_in": max(0, round(expires_at - time.time())),
             }))
+            self._schedule(expires_at - time.time(), self._expire)
 
     def _expire(self) -> None:
         self.services.metrics.ws_auth_failures.labels(reason="expired").inc()
@@ -167,14 +186,32 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
         self.close_connection(p.CLOSE_UNAUTHORIZED, "token expired")
 
     def on_close(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         code = self.mangu_close_sent or self.close_code or 1006
         self.services.metrics.ws_connections_closed.labels(code=str(code)).inc()
         if self._registered:
             self._registered = False
             task = asyncio.ensure_future(self.services.hub.remove(self))
             task.add_done_callback(_log_failure)
+
+    # -- keep-alive (the hub pings every connection from one task)
+
+    def ping(self, now: float) -> None:
+        if self.ws_connection is not None and not self.ws_connection.is_closing():
+            self.pinged_at = now
+            try:
+                self.ws_connection.write_ping(b"")
+            except (StreamClosedError, StreamBufferFullError):
+                pass  # closing already, or a slow consumer about to be closed
+
+    def drop(self, reason: str) -> None:
+        protocol = self.ws_connection  # close() lets go of it
+        self.close_connection(p.CLOSE_GOING_AWAY, reason)
+        frames.abort(protocol)
+
+    def on_pong(self, data: bytes) -> None:
+        self.alive_at = asyncio.get_running_loop().time()
 
     # -- incoming frames
 

@@ -41,8 +41,9 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
         serve_traceback=False,
         debug=False,
         websocket_max_message_size=settings.ws_max_message_size,
-        websocket_ping_interval=settings.ws_ping_interval,
-        websocket_ping_timeout=settings.ws_ping_timeout,
+        # Pings come from the hub's one keep-alive task (mangu/realtime/hub.py), not from a
+        # task per connection.
+        websocket_ping_interval=0,
     )
 
 

@@ -8,11 +8,13 @@ algorithm allow-list before any key is used. ``sub`` and ``exp`` are required; `
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +38,14 @@ class AuthError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a valid token speaks for."""
+    """Who a valid token speaks for (kept small: one lives with every WebSocket)."""
 
     user_id: str
     roles: tuple[str, ...]
     expires_at: float
-    claims: dict[str, Any] = field(repr=False, default_factory=dict)
+    account_id: str | None = None  # the ``uid`` claim of tokens issued by this server's login
 
     def has_role(self, *roles: str) -> bool:
         return any(role in self.roles for role in roles)
@@ -123,7 +125,9 @@ class TokenAuthority:
         # the subject is the user id everywhere (rooms, direct conversations, presence)
         if not isinstance(sub, str) or len(sub) > MAX_USER_ID_LENGTH or not USER_ID.fullmatch(sub):
             raise AuthError("invalid_claims", "token subject is not a valid user id")
-        return Principal(user_id=sub, roles=_roles(claims), expires_at=float(claims["exp"]), claims=claims)
+        uid = claims.get("uid")
+        return Principal(user_id=sys.intern(sub), roles=_roles(claims), expires_at=float(claims["exp"]),
+                         account_id=uid if isinstance(uid, str) else None)
 
     def issue(self, user_id: str, roles: tuple[str, ...] | list[str] = ("reader",), ttl: int | None = None,
               **extra: Any) -> tuple[str, float]:
@@ -141,10 +145,16 @@ class TokenAuthority:
         return token, float(expires_at)
 
 
+# Every ordered selection of roles (64 of them): a principal shares one of these tuples rather
+# than holding its own (one principal lives with every WebSocket).
+_ROLE_TUPLES = {c: c for n in range(1, len(ROLES) + 1) for c in itertools.permutations(ROLES, n)}
+
+
 def _roles(claims: dict[str, Any]) -> tuple[str, ...]:
     raw = claims.get("roles", claims.get("role", "reader"))
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list):
-        return ("reader",)
-    return tuple(role for role in raw if isinstance(role, str) and role in ROLES) or ("reader",)
+        raw = []
+    roles = tuple(dict.fromkeys(r for r in raw if isinstance(r, str) and r in ROLES))
+    return _ROLE_TUPLES.get(roles, ("reader",))

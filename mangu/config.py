@@ -271,7 +271,7 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("WS_MAX_CONNECTIONS", _int(1, 10_000_000), "50000", "connections this process accepts (then 1013)"),
     _Var("WS_MAX_CONNECTIONS_PER_USER", _int(1, 10_000), "20", "connections one user may hold"),
     _Var("WS_MAX_ROOMS", _int(1, 100_000), "100", "rooms one connection may join"),
-    _Var("WS_ROOM_PRESENCE_MAX", _int(1, 1_000_000), "500",
+    _Var("WS_ROOM_PRESENCE_MAX", _int(1, 1_000_000), "100",
          "rooms larger than this get no join/leave/presence events; join acks list this many members"),
     _Var("WS_MESSAGE_RATE", _float(0.1, 100_000), "20", "client frames per second per connection"),
     _Var("WS_MESSAGE_BURST", _int(1, 100_000), "40", "client frames allowed in a burst"),

@@ -389,3 +389,21 @@ async def test_large_rooms_get_no_join_leave_or_presence_events_and_a_short_memb
     await first.expect("message:received", text="messages still flow")
     assert [e["user"] for e in first.received("room:joined")] == ["u2", "u3"]
     assert first.received("presence:updated") == [] and first.received("room:left") == []
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped_and_goes_offline(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_PING_INTERVAL="1", WS_PING_TIMEOUT="1")
+    watcher = await joined(app, "watcher")  # Tornado's client answers pings by itself
+    sock = await asyncio.to_thread(raw_ws, app.port, make_token("ghost"))  # never reads, never pongs
+    try:
+        sock.sendall(client_frame(0x1, b'{"event":"join:room","data":{"room":"book:42"}}'))
+        await watcher.expect("room:joined", user="ghost")
+        started = time.monotonic()
+        offline = await watcher.expect("presence:updated", timeout=8, user="ghost")
+        # pinged within WS_PING_INTERVAL, dropped WS_PING_TIMEOUT later (checked every half second)
+        assert offline["data"]["status"] == "offline" and 1.0 <= time.monotonic() - started <= 3.5
+        await asyncio.sleep(1.5)  # more ping rounds: the watcher answered them and stays
+        assert (await watcher.ok("ping"))["server_time"]
+        assert app.services.hub.connection_count == 1
+    finally:
+        sock.close()

@@ -94,6 +94,14 @@ def lift_write_bound(protocol: Any) -> None:
         protocol.stream.max_write_buffer_size = None
 
 
+def abort(protocol: Any) -> None:
+    """Drop the connection now, without waiting for the peer's half of the close handshake
+    (a peer that stopped answering pings will not send it)."""
+    stream = getattr(protocol, "stream", None)
+    if stream is not None and not stream.closed():
+        stream.close()
+
+
 def queued_bytes(protocol: Any) -> int:
     """Bytes waiting in the connection's write buffer (for tests and the slow-consumer log)."""
     stream = getattr(protocol, "stream", None)

@@ -43,10 +43,18 @@ class Peer(Protocol):
 
     conn_id: str
     user_id: str
-    rooms: set[str]
+    rooms: tuple[str, ...]  # a tuple: changed rarely, and a fraction of a set's size per connection
+
+    alive_at: float  # loop time of the last pong (or of the connection)
+    pinged_at: float | None  # loop time of the last ping sent
 
     def send_frame(self, frame: bytes, payload: bytes) -> bool:
         """Queue a pre-built frame; False (and the connection closing) when it could not."""
+
+    def ping(self, now: float) -> None: ...
+
+    def drop(self, reason: str) -> None:
+        """Close without waiting for the peer (it is not answering)."""
 
     def close_connection(self, code: int, reason: str) -> None: ...
 
@@ -100,6 +108,7 @@ class Hub:
         self._rooms: dict[str, set[Any]] = {}
         self._typing: dict[tuple[str, str], _Typing] = {}
         self._out: dict[str, Any] = {}  # outgoing-frame counters by event, labelled once
+        self._keepalive: asyncio.Task | None = None
         self._origin = orjson.dumps(node_id)
         if hasattr(self.presence, "on_departure"):
             self.presence.on_departure = self._announce_departure
@@ -109,9 +118,37 @@ class Hub:
             self.bus.want(BROADCAST_CHANNEL, self._on_bus)
             self.bus.on_connect(self._on_bus_connected)
         await self.presence.start()
+        if self.settings.ws_ping_interval > 0:
+            self._keepalive = asyncio.create_task(self._keep_alive(), name="mangu-keepalive")
 
     async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            try:
+                await self._keepalive
+            except asyncio.CancelledError:
+                pass
+            self._keepalive = None
         await self.presence.close()
+
+    async def _keep_alive(self) -> None:
+        """Ping every connection every WS_PING_INTERVAL seconds and close those that do not
+        answer within WS_PING_TIMEOUT: one task for the process instead of one per connection
+        (a task and its frame are about a kilobyte, per connection)."""
+        interval, timeout = self.settings.ws_ping_interval, self.settings.ws_ping_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, interval / 2))
+            now = loop.time()
+            for index, peer in enumerate(tuple(self._peers)):
+                if index % 2000 == 1999:
+                    await asyncio.sleep(0)  # a large process does not stall its loop
+                pinged = peer.pinged_at
+                if pinged is not None and peer.alive_at < pinged and now - pinged >= timeout:
+                    log.info("dropping a websocket that stopped answering pings", extra={"conn_id": peer.conn_id})
+                    peer.drop("ping timeout")
+                elif now - max(peer.alive_at, pinged or 0.0) >= interval:
+                    peer.ping(now)
 
     # -- registry
 
@@ -207,7 +244,7 @@ class Hub:
                     self.bus.want(room_channel(room), self._on_bus)
             first_here = not any(m.user_id == peer.user_id for m in members)
             members.add(peer)
-            peer.rooms.add(room)
+            peer.rooms = (*peer.rooms, room)
             if first_here:
                 elsewhere = room in await self.presence.user_rooms(peer.user_id)
                 await self.presence.room_joined(room, peer.user_id)
@@ -226,7 +263,7 @@ class Hub:
 
     def _leave(self, peer: Any, room: str) -> bool:
         """Remove the connection from a room; True when its user has no connection left there."""
-        peer.rooms.discard(room)
+        peer.rooms = tuple(r for r in peer.rooms if r != room)
         members = self._rooms.get(room)
         if members is None:
             return False

@@ -8,6 +8,7 @@ a ``ref`` gets exactly one reply carrying the same ``ref``: ``ack`` or ``error``
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +160,7 @@ def room_field(frame: Frame, name: str = "room") -> str:
     value = frame.data.get(name)
     if not isinstance(value, str) or not ROOM_PATTERN.fullmatch(value):
         raise _bad(frame, name, "a room name of 1-64 characters [A-Za-z0-9:_.-]")
-    return value
+    return sys.intern(value)  # one copy for the thousands of connections in a room
 
 
 def text_field(frame: Frame, name: str = "text") -> str:
