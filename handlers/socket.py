@@ -99,6 +99,7 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
         self.conn_id = secrets.token_hex(6)
         self.alive_at = asyncio.get_running_loop().time()
         self._bucket = TokenBucket(self.config.ws_message_burst, self.config.ws_message_rate)
+        self._max_frames = self.config.ws_send_queue_frames  # read on every delivery
         self.services.metrics.ws_connections_opened.inc()
         stream = self.ws_connection.stream  # type: ignore[union-attr]
         stream.max_write_buffer_size = self.config.ws_send_queue_bytes
@@ -338,7 +339,7 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
         """Queue a pre-built frame (the hub's delivery path); closes the connection with 1013
         when its send queue overflows."""
         try:
-            frames.write_frame(self.ws_connection, frame, payload, self.config.ws_send_queue_frames)
+            frames.write_frame(self.ws_connection, frame, payload, self._max_frames)
             return True
         except WebSocketClosedError:
             return False

@@ -3,7 +3,8 @@
 Tornado has no public call to send an already-framed message: ``write_message`` frames,
 copies and wraps every write in a task of its own, which is most of the cost of a fan-out.
 A room message is framed once here and the same bytes are written to every member's
-stream, keeping Tornado's byte counters. When permessage-deflate was negotiated (each
+socket, keeping Tornado's byte counters: straight to the kernel when nothing is queued on
+that connection (no Future, no loop callback), through the stream's buffer otherwise. When permessage-deflate was negotiated (each
 connection has its own compression context) the normal path is used.
 
 The protocol subclass also validates the close codes clients send (RFC 6455 7.4: an
@@ -20,7 +21,7 @@ import struct
 from typing import Any
 
 import tornado
-from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from mangu.realtime.protocol import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, valid_close_code
@@ -71,21 +72,31 @@ def write_frame(protocol: Any, frame: bytes, payload: bytes, max_frames: int) ->
             raise SlowConsumer() from None
         return
     stream = protocol.stream
+    protocol._message_bytes_out += len(payload)
+    protocol._wire_bytes_out += len(frame)
+    if not stream.writing() and type(stream) is IOStream:
+        # Nothing queued: hand the frame to the kernel now, as IOStream.write would, without
+        # the Future and the loop callback it makes for every write.
+        try:
+            sent = stream.socket.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            raise WebSocketClosedError() from None  # reset or broken pipe: the reader sees the close
+        if sent == len(frame):
+            return
+        frame = frame[sent:]
+        protocol.mangu_queued_frames = 0
     # Frames queued since the stream's buffer was last empty: an upper bound of the queue.
-    if stream.writing():
-        protocol.mangu_queued_frames += 1
-        if protocol.mangu_queued_frames > max_frames:
-            raise SlowConsumer()
-    else:
-        protocol.mangu_queued_frames = 1
+    protocol.mangu_queued_frames = protocol.mangu_queued_frames + 1 if stream.writing() else 1
+    if protocol.mangu_queued_frames > max_frames:
+        raise SlowConsumer()
     try:
         stream.write(frame)
     except StreamBufferFullError:
         raise SlowConsumer() from None
     except StreamClosedError:
         raise WebSocketClosedError() from None
-    protocol._message_bytes_out += len(payload)
-    protocol._wire_bytes_out += len(frame)
 
 
 def lift_write_bound(protocol: Any) -> None:
