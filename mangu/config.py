@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 EX_CONFIG = 78  # sysexits.h: configuration error
 
 ENVIRONMENTS = ("development", "production", "test")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-JWT_ALLOWED = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+LOG_LEVELS = tuple("DEBUG INFO WARNING ERROR CRITICAL".split())
+JWT_ALLOWED = tuple(f"{family}{bits}" for family in ("HS", "RS", "ES") for bits in (256, 384, 512))
 EMBEDDED = "embedded"
 MIN_SECRET_BYTES = 32
 
