@@ -30,7 +30,9 @@ log = logging.getLogger("mangu.lifecycle")
 
 STATUS_INTERVAL = 5.0  # seconds between STATUS= refreshes when systemd wants no watchdog pings
 _DRAIN_GRACE = 2.0  # seconds the WebSocket drain may run past SHUTDOWN_DRAIN_MS (closing handshakes)
-_CLOSE_TIMEOUT = 10.0  # seconds allowed for closing the connections, then the services
+# Seconds for closing the connections and then the services, together; the connections get
+# at most half, so the services (presence leaving Redis) always get the other half.
+_CLOSE_BUDGET = 10.0
 # Seconds without any request in flight before the remaining (idle) connections are closed:
 # a request that arrived on one a moment ago gets the time to be dispatched, not cut.
 _QUIET = 0.25
@@ -102,6 +104,14 @@ class Notifier:
             self._socket = None
 
 
+def longest_shutdown(settings: Settings) -> float:
+    """Seconds a graceful shutdown can last at most with these settings: the readiness
+    delay, then the longer of the request timeout and the WebSocket drain (which run side by
+    side), then the closing budget. systemd's TimeoutStopSec must be longer."""
+    side_by_side = max(settings.shutdown_timeout / 1000, settings.shutdown_drain_ms / 1000 + _DRAIN_GRACE)
+    return settings.shutdown_ready_delay / 1000 + side_by_side + _CLOSE_BUDGET
+
+
 def reread_log_level(env_file: str | None) -> str:
     """LOG_LEVEL as a restart would read it, except that the env file wins over the
     environment: a running process's environment cannot have changed, the file can (and
@@ -132,7 +142,7 @@ class Lifecycle:
     its connection, at once; after SHUTDOWN_READY_DELAY the listener closes; WebSockets are
     drained over SHUTDOWN_DRAIN_MS while in-flight HTTP requests get up to SHUTDOWN_TIMEOUT
     to finish; then connections and services (presence, Redis, MongoDB) are closed, logs
-    flushed, and ``serve`` returns 0.
+    flushed, and ``serve`` returns 0, within ``longest_shutdown(settings)`` seconds.
     A second SIGTERM or SIGINT exits at once with 128 + the signal number.
     """
 
@@ -278,8 +288,9 @@ class Lifecycle:
         if closed:
             log.info("websockets drained", extra={"websockets_closed": closed})
 
-        await self._bounded("closing HTTP connections", server.close_all_connections(), _CLOSE_TIMEOUT)
-        await self._bounded("closing services", services.close(), _CLOSE_TIMEOUT)
+        closing_until = time.monotonic() + _CLOSE_BUDGET
+        await self._bounded("closing HTTP connections", server.close_all_connections(), _CLOSE_BUDGET / 2)
+        await self._bounded("closing services", services.close(), closing_until - time.monotonic())
         self._notify("STATUS=stopped")
         if self._heartbeat is not None:
             self._heartbeat.cancel()
