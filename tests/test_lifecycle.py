@@ -1,10 +1,12 @@
 """The process under systemd: notify protocol (READY, STATUS, WATCHDOG, STOPPING, RELOADING),
 the watchdog stopping when the event loop is blocked, the SIGHUP reload, and the graceful
 shutdown on SIGTERM (in-flight requests finish, readiness 503 first, exit 0; a second
-signal exits at once)."""
+signal exits at once; presence leaves Redis; a WebSocket upgrade while draining is
+503)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import shutil
@@ -15,10 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from mangu.services import DRAINING
 from tests.support.app import TEST_SECRET, RunningApp, json_body
 from tests.support.notify import notified_server
 from tests.support.procs import ServerProcess, port_open, wait_until
+from tests.support.ws import WSClient, make_token
 
 BASE = {"MANGU_ENV": "test", "PORT": "0", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
 
@@ -295,13 +300,9 @@ async def test_test_only_endpoints_are_404_outside_the_test_environment(start_ap
 
 
 async def test_sigterm_drains_websockets_spread_out_while_requests_finish(mongo_url: str, mongo_db: str) -> None:
-    import asyncio
-
-    from tests.support.ws import WSClient, make_token
-
     server = ServerProcess({
         **BASE, "MONGODB_URL": mongo_url, "MONGODB_DB": mongo_db, "JWT_SECRET": TEST_SECRET,
-        "SHUTDOWN_TIMEOUT": "8000", "SHUTDOWN_DRAIN_MS": "1500",
+        "SHUTDOWN_TIMEOUT": "8000", "SHUTDOWN_DRAIN_MS": "1500", "SHUTDOWN_READY_DELAY": "1000",
     }).start()
     pool = ThreadPoolExecutor(10)
     try:
@@ -314,6 +315,11 @@ async def test_sigterm_drains_websockets_spread_out_while_requests_finish(mongo_
         )
         server.signal(signal.SIGTERM)
         started = time.monotonic()
+        # readiness turns 503 while the listener is still open and before any socket is closed
+        status, body, _ = await asyncio.to_thread(wait_until, lambda: poll_ready(server.port), 5, 0.01, "readiness 503")
+        assert status == 503 and body["reason"] == "draining"
+        assert all(c.close_code is None for c in clients)
+        await asyncio.to_thread(wait_until, lambda: not port_open(server.port), 10, 0.02, "the listener to close")
         codes = await asyncio.gather(*(c.closed(10) for c in clients))
         closed_at = time.monotonic()
         assert codes == [1001] * 100
@@ -329,4 +335,64 @@ async def test_sigterm_drains_websockets_spread_out_while_requests_finish(mongo_
         server.stop()
     drained = next(r for r in server.records if r.get("message", "").startswith("websockets drained"))
     assert drained["websockets_closed"] == 100
+    assert "Traceback" not in server.stderr
+    messages = messages_of(server)
+    assert index_of(messages, "listener closed") < index_of(messages, "websockets drained")
+
+
+async def test_sigterm_takes_this_process_and_its_users_out_of_redis_presence(
+        redis_url: str, mongo_url: str, mongo_db: str) -> None:
+    server = ServerProcess({
+        **BASE, "MONGODB_URL": mongo_url, "MONGODB_DB": mongo_db, "JWT_SECRET": TEST_SECRET,
+        "REDIS_URL": redis_url, "SHUTDOWN_DRAIN_MS": "500",
+    }).start()
+    users = {f"member{i}" for i in range(5)}
+    cluster = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        node = wait_node_id(server)
+        clients = await asyncio.gather(*(WSClient.connect(server.ws_url(), make_token(user)) for user in users))
+        await asyncio.gather(*(c.ok("join:room", {"room": "book:7"}) for c in clients))
+        # what other processes see while it runs
+        await asyncio.to_thread(
+            wait_until, lambda: set(cluster.zrange("mangu:online", 0, -1)) == users, 10, 0.05, "users online"
+        )
+        assert node in cluster.zrange("mangu:nodes", 0, -1)
+        assert cluster.smembers(f"mangu:nu:{node}") == users
+        assert cluster.zcard("mangu:rm:book:7") == 5
+
+        server.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait, 25) == 0
+        assert node not in cluster.zrange("mangu:nodes", 0, -1)
+        assert cluster.zrange("mangu:online", 0, -1) == []
+        assert cluster.exists(f"mangu:nu:{node}", "mangu:rm:book:7", *(f"mangu:pres:{u}" for u in users)) == 0
+        assert all(cluster.exists(f"mangu:seen:{u}") for u in users)  # offline now, with a last_seen
+    finally:
+        cluster.close()
+        server.stop()
+    assert not any(r.get("level") == "ERROR" for r in server.records)
+    assert "Traceback" not in server.stderr
+
+
+def test_a_websocket_upgrade_while_draining_is_503_json_with_retry_after() -> None:
+    server = ServerProcess({**BASE, "JWT_SECRET": TEST_SECRET, "SHUTDOWN_READY_DELAY": "5000"}).start()
+    try:
+        server.signal(signal.SIGTERM)
+        wait_until(lambda: poll_ready(server.port), 4, what="readiness 503")
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("GET", f"/ws?token={make_token('late')}", headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            })
+            response = conn.getresponse()
+            body = json.loads(response.read())
+        finally:
+            conn.close()
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert body["error"]["code"] == "unavailable"
+        assert server.wait(20) == 0
+    finally:
+        server.stop()
     assert "Traceback" not in server.stderr
