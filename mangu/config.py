@@ -257,6 +257,10 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("HEALTH_CHECK_TIMEOUT", _int(10, 60_000), "1000", "ms bound on each health check"),
     _Var("HEALTH_MEMORY_WARN_MB", _int(1, 1_000_000), "1024", "process RSS (MB) that warns"),
     _Var("HEALTH_MEMORY_FAIL_MB", _int(1, 1_000_000), "2048", "process RSS (MB) that fails"),
+    _Var("HEALTH_MEMORY_AVAILABLE_WARN_MB", _int(0, 1_000_000), "256",
+         "system available memory (MB) below which it warns (0: off)"),
+    _Var("HEALTH_MEMORY_AVAILABLE_FAIL_MB", _int(0, 1_000_000), "64",
+         "system available memory (MB) below which it fails (0: off)"),
     _Var("HEALTH_DISK_WARN_PERCENT", _float(0, 100), "10", "free disk (%) below which it warns"),
     _Var("HEALTH_DISK_FAIL_PERCENT", _float(0, 100), "5", "free disk (%) below which it fails"),
     _Var("HEALTH_LOOP_LAG_WARN_MS", _int(1, 600_000), "100", "event-loop lag p99 (ms) that warns"),
@@ -342,6 +346,8 @@ class Settings:
     health_check_timeout: int
     health_memory_warn_mb: int
     health_memory_fail_mb: int
+    health_memory_available_warn_mb: int
+    health_memory_available_fail_mb: int
     health_disk_warn_percent: float
     health_disk_fail_percent: float
     health_loop_lag_warn_ms: int
@@ -480,6 +486,10 @@ def _cross_checks(s: Settings) -> list[tuple[set[str], str]]:
     check("HEALTH_MEMORY_WARN_MB HEALTH_MEMORY_FAIL_MB", s.health_memory_warn_mb <= s.health_memory_fail_mb,
           f"HEALTH_MEMORY_WARN_MB={s.health_memory_warn_mb}: above HEALTH_MEMORY_FAIL_MB;"
           " expected a warn threshold no higher than the fail threshold")
+    check("HEALTH_MEMORY_AVAILABLE_FAIL_MB HEALTH_MEMORY_AVAILABLE_WARN_MB",
+          s.health_memory_available_fail_mb <= s.health_memory_available_warn_mb,
+          f"HEALTH_MEMORY_AVAILABLE_FAIL_MB={s.health_memory_available_fail_mb}: above"
+          " HEALTH_MEMORY_AVAILABLE_WARN_MB; expected a fail threshold no higher than the warn threshold")
     check("HEALTH_LOOP_LAG_WARN_MS HEALTH_LOOP_LAG_FAIL_MS", s.health_loop_lag_warn_ms <= s.health_loop_lag_fail_ms,
           f"HEALTH_LOOP_LAG_WARN_MS={s.health_loop_lag_warn_ms}: above HEALTH_LOOP_LAG_FAIL_MS;"
           " expected a warn threshold no higher than the fail threshold")

@@ -288,9 +288,15 @@ class Health:
         settings = self._services.settings
         rss_mb = psutil.Process().memory_info().rss / _MB
         available_mb = psutil.virtual_memory().available / _MB
-        status = _threshold(rss_mb, settings.health_memory_warn_mb, settings.health_memory_fail_mb)
+        process = _threshold(rss_mb, settings.health_memory_warn_mb, settings.health_memory_fail_mb)
+        # The machine running short hurts this process too, whoever uses the memory.
+        system = (FAIL if available_mb < settings.health_memory_available_fail_mb
+                  else WARN if available_mb < settings.health_memory_available_warn_mb else PASS)
+        status = FAIL if FAIL in (process, system) else WARN if WARN in (process, system) else PASS
         return Outcome(status, f"process RSS {rss_mb:.0f} MiB (warn {settings.health_memory_warn_mb}, "
-                               f"fail {settings.health_memory_fail_mb}); system available {available_mb:.0f} MiB",
+                               f"fail {settings.health_memory_fail_mb}); system available {available_mb:.0f} MiB "
+                               f"(warn below {settings.health_memory_available_warn_mb}, "
+                               f"fail below {settings.health_memory_available_fail_mb})",
                        round(rss_mb, 1), "MiB")
 
     async def _disk(self) -> Outcome:

@@ -14,6 +14,7 @@ import pytest
 from mangu.services import DRAINING
 from tests.support.app import RunningApp, eventually, json_body
 from tests.support.procs import MongoProcess, RedisProcess, free_port
+from tests.support.ws import WSClient, make_token
 
 
 async def health(app: RunningApp, **headers: str) -> tuple[int, dict]:
@@ -168,6 +169,10 @@ async def test_ietf_health_format_on_request(start_app) -> None:
     ("settings", "check", "check_status", "overall", "code"),
     [
         ({"HEALTH_MEMORY_WARN_MB": 1, "HEALTH_MEMORY_FAIL_MB": 1}, "memory", "fail", "unhealthy", 503),
+        # more than any machine has available (1 TB)
+        ({"HEALTH_MEMORY_AVAILABLE_WARN_MB": 1_000_000}, "memory", "warn", "degraded", 200),
+        ({"HEALTH_MEMORY_AVAILABLE_WARN_MB": 1_000_000, "HEALTH_MEMORY_AVAILABLE_FAIL_MB": 1_000_000},
+         "memory", "fail", "unhealthy", 503),
         ({"HEALTH_DISK_WARN_PERCENT": 100}, "disk", "warn", "degraded", 200),
         ({"HEALTH_DISK_WARN_PERCENT": 100, "HEALTH_DISK_FAIL_PERCENT": 100}, "disk", "fail", "unhealthy", 503),
     ],
@@ -177,6 +182,36 @@ async def test_resource_thresholds(start_app, settings, check, check_status, ove
     got, report = await health(app)
     assert (got, report["status"], report["checks"][check]["status"]) == (code, overall, check_status)
     assert report["checks"][check]["observed"] is not None
+
+
+async def test_a_dead_subscriber_fails_pubsub_while_redis_still_answers(
+    start_app, redis_server: RedisProcess, redis_url: str
+) -> None:
+    app = await start_app(REDIS_URL=redis_url, HEALTH_CACHE_MS=0, HEALTH_CHECK_TIMEOUT=500)
+    await wait_status(app, "healthy")
+    try:
+        # The subscriber's connection is cut and may not subscribe again; every other command,
+        # PING and PUBLISH included, still works.
+        redis_server.cli("ACL", "SETUSER", "default", "-subscribe")
+        assert redis_server.cli("CLIENT", "KILL", "TYPE", "pubsub").startswith(":1")
+        report = await wait_status(app, "degraded")
+        assert statuses(report)["redis"] == "pass" and statuses(report)["pubsub"] == "fail"
+        assert {name for name, status in statuses(report).items() if status != "pass"} == {"pubsub"}
+        assert (await app.fetch("/api/health")).code == 200
+        assert (await app.fetch("/api/health/ready")).code == 200
+    finally:
+        redis_server.cli("ACL", "SETUSER", "default", "+subscribe")
+    await wait_status(app, "healthy")  # the subscriber comes back by itself
+
+
+async def test_the_websocket_check_counts_open_connections(start_app) -> None:
+    app = await start_app(HEALTH_CACHE_MS=0)
+    clients = [await WSClient.connect(app.ws_url(), make_token(f"counted{i}")) for i in range(3)]
+    websocket = (await health(app))[1]["checks"]["websocket"]
+    assert (websocket["status"], websocket["observed"], websocket["unit"]) == ("pass", 3, "connections")
+    await clients[0].close()
+    await eventually(lambda: app.services.hub.connection_count == 2, what="the close to register")
+    assert (await health(app))[1]["checks"]["websocket"]["observed"] == 2
 
 
 async def test_a_blocked_event_loop_shows_as_lag(start_app) -> None:
