@@ -1,5 +1,5 @@
 """The books catalogue over real HTTP: every endpoint's success and error answers, roles,
-ETags, filters, and pagination that holds while books are being added."""
+ETags, filters, pagination that holds while books are being added, and the rate limit."""
 
 from __future__ import annotations
 
@@ -195,3 +195,15 @@ async def test_storage_down_is_a_503_with_retry_after(start_app, tmp_path: Path)
     error_of(status, body, 503, "unavailable")
     assert int(response.headers["Retry-After"]) >= 1
     error_of(*(await as_editor(app, "POST", "/api/books", DUNE))[:2], 503, "unavailable")
+
+
+async def test_listing_past_the_general_limit_is_a_429_per_user(start_app) -> None:
+    app = await start_app(RATE_LIMIT_MAX=3, RATE_LIMIT_BURST=1_000)
+    statuses = [(await call(app, "GET", "/api/books", as_user="rita"))[0] for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    status, payload, response = await call(app, "GET", "/api/books", as_user="rita")
+    error = error_of(status, payload, 429, "rate_limited")
+    assert error["policy"] == "general" and int(response.headers["Retry-After"]) == error["retry_after"] >= 1
+    assert response.headers["RateLimit-Policy"].startswith('"general";q=3;w=900')
+    # the limit is per user: another reader still gets the list
+    assert (await call(app, "GET", "/api/books", as_user="otto"))[0] == 200

@@ -189,9 +189,10 @@ async def test_decisions_are_counted_by_policy_and_outcome(start_limited: Callab
 
 async def test_probes_are_exempt(start_app: Callable[..., Any]) -> None:
     app = add_routes(await start_app(RATE_LIMIT_MAX=1, RATE_LIMIT_BURST=1))
-    for path in ("/ping", "/api/health/live", "/livez"):
+    for path in ("/ping", "/api/health/live", "/livez", "/api/health", "/api/health/ready", "/readyz",
+                 "/metrics", "/api/health/metrics"):
         responses = await fetch_all(app, path, 5)
-        assert [r.code for r in responses] == [200] * 5
+        assert [r.code for r in responses] == [200] * 5, path
         assert not any(name.lower().startswith(("ratelimit", "x-ratelimit")) for name in responses[-1].headers)
 
 

@@ -59,6 +59,26 @@ async def test_two_instances_share_one_bucket(start_app: Callable[..., Any], red
     assert (await one.fetch("/test/general")).code == 429 and (await two.fetch("/test/general")).code == 429
 
 
+async def test_a_bucket_key_expires_when_the_bucket_would_be_full_again(
+        start_app: Callable[..., Any], redis_url: str, redis_server: RedisProcess) -> None:
+    app = add_routes(await start_app(REDIS_URL=redis_url, RATE_LIMIT_MAX=10, RATE_LIMIT_WINDOW=60_000,
+                                     RATE_LIMIT_BURST=1_000_000))
+    started = time.monotonic()
+    assert [(await app.fetch("/test/general")).code for _ in range(4)] == [200] * 4
+
+    def pttl() -> tuple[int, float]:
+        answer = redis_server.cli("PTTL", "mangu:rl:general:ip:127.0.0.1")
+        return int(answer[1:]), (time.monotonic() - started) * 1000
+
+    # 4 of 10 tokens taken, refilled at 10 per 60 s: full again 24 s after the first take,
+    # less what has trickled back since
+    left, elapsed = pttl()
+    assert 24_000 - elapsed - 50 <= left <= 24_000, (left, elapsed)
+    assert (await app.fetch("/test/general")).code == 200  # one more: 30 s
+    left, elapsed = pttl()
+    assert 30_000 - elapsed - 50 <= left <= 30_000, (left, elapsed)
+
+
 async def test_flushed_script_is_loaded_again(start_app: Callable[..., Any], redis_url: str,
                                               redis_server: RedisProcess) -> None:
     app = add_routes(await start_app(REDIS_URL=redis_url, RATE_LIMIT_MAX=3, RATE_LIMIT_BURST=100))
