@@ -249,7 +249,7 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("RATE_LIMIT_AUTH_FAIL_CLOSED", _bool, "false", "auth tier answers 503 while Redis is down"),
     _Var("RATE_LIMIT_BURST", _int(1, 1_000_000), "10", "requests per second on top of any window tier"),
     _Var("RATE_LIMIT_PROCESSES", _int(1, 1024), "1", "processes sharing the limits (fallback divides by it)"),
-    _Var("RATE_LIMIT_REDIS_TIMEOUT", _int(1, 50), "50", "ms socket timeout of limiter calls to Redis"),
+    _Var("RATE_LIMIT_REDIS_TIMEOUT", _int(1, 50), "50", "ms a request waits for Redis's rate-limit answer, then memory answers"),
     _Var("RATE_LIMIT_PROBE_INTERVAL", _int(100, 600_000), "1000", "ms between Redis probes while in fallback"),
     _Var("RATE_LIMIT_MEMORY_MAX_KEYS", _int(100, 100_000_000), "100000", "buckets kept by the memory backend"),
     # health
