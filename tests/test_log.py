@@ -219,6 +219,19 @@ async def test_access_log_fields_and_levels(start_app, log_capture: LogCapture) 
     assert error["correlation_id"] == boom["correlation_id"]
 
 
+async def test_access_log_names_the_authenticated_user(app: RunningApp, log_capture: LogCapture) -> None:
+    token, _ = app.services.tokens.issue("reader-7731")
+    me = await app.fetch("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.code == 200
+    anonymous = await app.fetch("/api/auth/me")
+    forged = await app.fetch("/api/auth/me", headers={"Authorization": f"Bearer {token[:-4]}AAAA"})
+    assert (anonymous.code, forged.code) == (401, 401)
+    signed_in, nobody, refused = log_capture.find(logger="mangu.access", route="/api/auth/me")
+    assert signed_in["user_id"] == "reader-7731" and signed_in["status"] == 200
+    assert nobody["user_id"] is None and refused["user_id"] is None  # a bad token names no one
+    assert token not in log_capture.text()
+
+
 async def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(app: RunningApp, log_capture: LogCapture) -> None:
     await app.fetch("/ping", headers={"X-Forwarded-For": "198.51.100.7"})
     (line,) = log_capture.find(logger="mangu.access")
