@@ -402,6 +402,17 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         return payload
 
 
+class PayloadTooLargeHandler(APIHandler):
+    """Any request whose body is over MAX_BODY_SIZE, whatever its route: a JSON 413, answered
+    as soon as that is known (mangu.app routes such requests here)."""
+
+    async def prepare(self) -> None:
+        await super().prepare()  # oversize requests spend the general tier like any other
+        # The connection closes after this answer unless the whole body was already read.
+        raise APIError(413, message=f"request body over {self.config.max_body_size} bytes",
+                       headers={"Connection": "close"})
+
+
 class NotFoundHandler(APIHandler):
     """Any path no route matches: a JSON 404, whatever the method."""
 

@@ -88,6 +88,36 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _host(raw: str) -> str:
+    """An IP address (IPv6 with or without brackets) or a host name (RFC 1123). A name is
+    resolved only when the server binds."""
+    value = raw.strip()
+    bare = value[1:-1] if value[:1] == "[" and value[-1:] == "]" else value
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    if len(value) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit():
+        return value
+    raise _Invalid("not an IP address or host name; expected an address such as 127.0.0.1, :: or localhost")
+
+
+_DB_NAME_FORBIDDEN = set('/\\. "$\0')
+
+
+def _database_name(raw: str) -> str:
+    value = raw.strip()
+    if _DB_NAME_FORBIDDEN & set(value) or len(value.encode()) > 63:
+        raise _Invalid(
+            "not a MongoDB database name; expected at most 63 bytes and none of / \\ . space \" $ or NUL"
+        )
+    return value
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -194,7 +224,7 @@ def _by_env(**defaults: str) -> Callable[[str], str]:
 _VARIABLES: tuple[_Var, ...] = (
     # process
     _Var("MANGU_ENV", _choice(*ENVIRONMENTS), "development", "development | production | test"),
-    _Var("HOST", _text, "127.0.0.1", "address to listen on"),
+    _Var("HOST", _host, "127.0.0.1", "address to listen on: an IP address or a host name"),
     _Var("PORT", _int(0, 65535), "3001", "TCP port to listen on (0: any free port)"),
     _Var("NODE_ID", _text, None, "this process's name in the cluster (default: host-pid-random)"),
     _Var("DATA_DIR", _text, "var", "where the server writes (embedded MongoDB, development JWT secret)"),
@@ -221,7 +251,7 @@ _VARIABLES: tuple[_Var, ...] = (
     # MongoDB
     _Var("MONGODB_URL", _url("mongodb", "mongodb+srv", allow_embedded=True), EMBEDDED,
          "MongoDB; 'embedded' starts a development server (refused in production)"),
-    _Var("MONGODB_DB", _text, "mangu", "database name"),
+    _Var("MONGODB_DB", _database_name, "mangu", "database name"),
     _Var("DATABASE_POOL_MAX", _int(1, 1000), "20", "most pooled connections"),
     _Var("DATABASE_POOL_MIN", _int(0, 1000), "2", "pooled connections kept open"),
     _Var("DATABASE_IDLE_TIMEOUT", _int(0, 86_400_000), "600000", "ms before an idle connection is closed"),
@@ -420,7 +450,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
     """Read and validate every setting; raise ConfigError listing every problem.
 
     Values from the process environment win over the env file (``env_file``, else
-    ``MANGU_ENV_FILE``), as with systemd's ``EnvironmentFile=`` plus ``Environment=``.
+    ``MANGU_ENV_FILE``): the opposite of systemd, where ``EnvironmentFile=`` overrides
+    ``Environment=`` whatever their order (which is why the units set PORT on the command line).
     """
     environ = dict(os.environ if environ is None else environ)
     env_file = env_file or environ.get("MANGU_ENV_FILE") or None

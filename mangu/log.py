@@ -23,11 +23,26 @@ from pythonjsonlogger.orjson import OrjsonFormatter, orjson_default
 REDACTED = "[REDACTED]"
 
 _SECRET_PARTS = ("password", "passwd", "secret", "token", "authorization", "cookie", "api_key", "apikey")
-_SECRET_NAME = "|".join(_SECRET_PARTS)
-# key=value pairs inside URLs and free text (query strings, form bodies, "password=x" in a message)
+# In text a key may be spelled with "-" where is_secret_key sees "_" (X-Api-Key, api-key).
+_SECRET_NAME = "|".join(part.replace("_", "[-_]?") for part in _SECRET_PARTS)
+# A key named like a secret, then "=" or ":", then its value, in any of the ways text carries
+# pairs: query strings and forms (token=x), free text (password: x), JSON ("token": "x"),
+# Python reprs ('api_key': 'x'), escaped JSON inside JSON (\"token\": \"x\"). A quoted value
+# is blanked up to its closing quote, a {...} or [...] value whole.
 _SECRET_PAIR = re.compile(
-    rf"(?i)((?:^|[?&;\s,])[\w.\-\[\]]*(?:{_SECRET_NAME}|set-cookie)[\w.\-\[\]]*=)([^&;\s#,\"']*)"
+    rf"""(?ix)
+    (?<![\w.\-\[\]])                                # the start of a key, not the middle of a word
+    (\\?["']?[\w.\-\[\]]*(?:{_SECRET_NAME})[\w.\-\[\]]*\\?["']?[ \t]*[:=][ \t]*)
+    (\\"(?:[^"\\]|\\\\\\\\|\\\\\\"|\\[^"])*\\"     # \"escaped JSON string\"
+     |"(?:[^"\\]|\\.)*"                             # "JSON string"
+     |b?'(?:[^'\\]|\\.)*'                           # 'Python string' or b'bytes'
+     |\{{[^{{}}]*\}}|\[[^\[\]]*\]                        # a flat object or list
+     |[^&;\s#,"'}}\]]*)                               # anything else, up to a separator
+    """
 )
+# Header lines whose whole value is a credential, whatever its inner keys are called
+# (Cookie: sid=x; Authorization: Digest ...): blanked to the end of the line.
+_SECRET_HEADER = re.compile(r"(?im)(\b(?:set-cookie|cookie|(?:proxy-)?authorization)[ \t]*:[ \t]*)[^\r\n]+")
 _URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)([^@\s/]+)(@)")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
@@ -61,9 +76,24 @@ _TEXT_CACHE_MAX = 2048
 _SCALARS = frozenset({int, float, bool, type(None)})
 
 
+def _blank_value(match: re.Match[str]) -> str:
+    """The pair with its value blanked, keeping the value's quotes so JSON stays JSON."""
+    value = match.group(2)
+    if value[:2] == '\\"':
+        quote = '\\"'
+    elif value[:1] in ("'", '"') or value[:2] == "b'":
+        quote = value[-1]
+    else:
+        quote = ""
+    return f"{match.group(1)}{quote}{REDACTED}{quote}"
+
+
 def _redact_text_uncached(text: str) -> str:
-    if "=" in text and _NAME_HINT.search(text):
-        text = _SECRET_PAIR.sub(lambda m: m.group(1) + REDACTED, text)
+    if _NAME_HINT.search(text):
+        if ":" in text or "=" in text:
+            text = _SECRET_PAIR.sub(_blank_value, text)
+        if ":" in text:
+            text = _SECRET_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
     if "eyJ" in text:
@@ -74,7 +104,8 @@ def _redact_text_uncached(text: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Blank secret query parameters, URL passwords, bearer credentials and JWTs in a string."""
+    """Blank secrets in a string: values of secret-named keys (``k=v``, ``k: v``, JSON and
+    repr pairs), credential header lines, URL passwords, bearer credentials and JWTs."""
     cached = _text_cache.get(text)
     if cached is not None:
         return cached
@@ -106,6 +137,9 @@ def redact(value: Any) -> Any:
                 out[key] = new
         return value if out is None else out
     if cls is list or cls is tuple or isinstance(value, (list, tuple)):
+        if len(value) == 2 and value[0].__class__ is str and is_secret_key(value[0]):
+            # a (name, value) pair, as header lists and form items come
+            return (value[0], REDACTED) if isinstance(value, tuple) else [value[0], REDACTED]
         items = [redact(item) for item in value]
         if all(new is old for new, old in zip(items, value)):
             return value
@@ -128,11 +162,14 @@ def _redact_args(args: Any) -> Any:
 def _redact_fields(data: dict[str, Any]) -> None:
     """Redact a top-level log dict in place (the hot path: avoid copying it)."""
     for key, item in data.items():
-        if item.__class__ in _SCALARS:
+        if item is None:
             continue
-        if is_secret_key(key):
-            data[key] = REDACTED
-        else:
+        secret = _key_cache.get(key)
+        if secret is None:
+            secret = is_secret_key(key)
+        if secret:
+            data[key] = REDACTED  # numbers too: a PIN or a numeric token is still a secret
+        elif item.__class__ not in _SCALARS:
             new = redact(item)
             if new is not item:
                 data[key] = new
@@ -204,6 +241,9 @@ def _exception_fields(exc_info: Any) -> dict[str, Any]:
 
 def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The structured content of a record: context, extras, exception. Redaction is done after."""
+    if record.msg.__class__ is not str:
+        # log.info({"password": ...}): blank by key before str() flattens it into text
+        record.msg = redact(record.msg)
     if record.args:
         record.args = _redact_args(record.args)
     message = record.getMessage()

@@ -40,6 +40,10 @@ def problems_of(stderr: str) -> list[str]:
         ({"JWT_ALGORITHMS": "none"}, "JWT_ALGORITHMS", "HS256"),
         ({"JWT_ALGORITHMS": "HS256,RS256", "JWT_PUBLIC_KEY_FILE": "/etc/hostname"}, "JWT_ALGORITHMS", "one family"),
         ({"RATE_LIMIT_REDIS_TIMEOUT": "200"}, "RATE_LIMIT_REDIS_TIMEOUT", "from 1 to 50"),
+        ({"HOST": "not a host!"}, "HOST", "IP address or host name"),
+        ({"HOST": "300.1.2.3"}, "HOST", "IP address or host name"),
+        ({"MONGODB_DB": "books.prod"}, "MONGODB_DB", "none of / \\ . space"),
+        ({"MONGODB_DB": "x" * 64}, "MONGODB_DB", "at most 63 bytes"),
     ],
 )
 def test_bad_value_exits_78_naming_the_variable(env: dict[str, str], variable: str, accepted: str) -> None:
@@ -50,6 +54,14 @@ def test_bad_value_exits_78_naming_the_variable(env: dict[str, str], variable: s
     assert lines[0].startswith(f"mangu: configuration error: {variable}=")
     assert accepted in lines[0]
     assert result.stdout == ""  # nothing was started, nothing logged
+
+
+def test_host_and_database_name_forms_that_are_accepted() -> None:
+    for host, kept in (("0.0.0.0", "0.0.0.0"), ("::", "::"), ("[::1]", "::1"), ("localhost", "localhost"),
+                       ("mangu-1.internal", "mangu-1.internal")):
+        assert load_settings({"HOST": host}).host == kept
+    assert load_settings({"MONGODB_DB": "mangu_books-2"}).mongodb_db == "mangu_books-2"
+    assert load_settings({"MONGODB_DB": "x" * 63}).mongodb_db == "x" * 63
 
 
 def test_every_problem_is_reported_in_one_run() -> None:

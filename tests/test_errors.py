@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient
 
 from handlers.base import APIHandler
 from tests.support.app import RunningApp, json_body
@@ -87,6 +88,32 @@ async def test_oversize_body_is_413(start_app) -> None:
     body = json.dumps({"text": "x" * 4000})
     assert_json_error(await app.fetch("/test/echo", method="POST", body=body,
                                       headers={"Content-Type": "application/json"}), 413, "payload_too_large")
+
+
+async def test_body_far_over_the_limit_is_json_413_too(start_app, log_capture) -> None:
+    app = await start_app(MAX_BODY_SIZE="2048")
+    add_routes(app)
+    big = json.dumps({"text": "x" * 64_000})  # 30x the limit: past any cap Tornado itself has
+    for path in ("/test/echo", "/api/books", "/api/nothing"):
+        response = await app.fetch(path, method="POST", body=big, headers={"Content-Type": "application/json"})
+        error = assert_json_error(response, 413, "payload_too_large")
+        assert error["message"] == "request body over 2048 bytes"
+        assert response.headers["Connection"] == "close"  # the rest of the body is not read
+    # a body sent in chunks, with no Content-Length to refuse it by, gets the same answer
+    chunks = [b'{"text": "' + b"x" * 1000, *[b"x" * 1000] * 20, b'"}']
+
+    async def send(write) -> None:
+        for chunk in chunks:
+            await write(chunk)
+
+    response = await AsyncHTTPClient().fetch(app.url("/test/echo"), method="POST", body_producer=send,
+                                             headers={"Content-Type": "application/json"}, raise_error=False)
+    assert_json_error(response, 413, "payload_too_large")
+    access = log_capture.find(logger="mangu.access", status=413)
+    assert [line["route"] for line in access] == ["/test/echo", "/api/books", "unmatched", "/test/echo"]
+    # a body within the limit still reaches its handler
+    ok = await app.fetch("/test/echo", method="POST", body={"text": "x" * 1000})
+    assert ok.code == 200 and json_body(ok)["got"]["text"] == "x" * 1000
 
 
 async def test_security_headers_on_every_response(app: RunningApp) -> None:

@@ -116,6 +116,22 @@ def test_redaction_every_way_in() -> None:
         cases.append(format_json(logger, "bound context"))
     finally:
         reset_context(token)
+    cases += [
+        format_json(logger, {"user": "alice", "password": SECRET}),  # a dict as the message itself
+        format_json(logger, [("Authorization", SECRET), ("Accept", "*/*")]),
+        format_json(logger, "body %s", f'{{"room": "a", "token": "{SECRET}"}}'),  # JSON text
+        format_json(logger, "escaped %s", json.dumps(json.dumps({"api_key": SECRET}))),
+        format_json(logger, "request headers:\nCookie: sid=%s; theme=dark\nAccept: */*", SECRET),
+        format_json(logger, "response Set-Cookie: sid=%s; HttpOnly", SECRET),
+        format_json(logger, "login failed, password: %s", SECRET),
+        format_json(logger, "form password=\"%s\"", SECRET),
+        format_json(logger, "header X-Api-Key: %s", SECRET),
+        format_json(logger, "numeric", extra={"pin_password": 123456789, "headers": [("Cookie", SECRET)]}),
+    ]
+    try:
+        raise ValueError({"api_key": SECRET})  # an exception built from a dict
+    except ValueError:
+        cases.append(format_json(logger, "it failed", exc_info=True))
     for index, record in enumerate(cases):
         text = json.dumps(record)
         assert SECRET not in text and JWT not in text, text
@@ -126,6 +142,12 @@ def test_redaction_every_way_in() -> None:
     assert cases[3]["message"] == "named alice"
     assert "room=a" in cases[5]["message"]
     assert cases[12]["correlation_id"] == "c-1"
+    assert "'user': 'alice'" in cases[13]["message"]
+    assert json.loads(cases[15]["message"][len("body "):]) == {"room": "a", "token": "[REDACTED]"}
+    assert cases[17]["message"].endswith("\nAccept: */*")  # only the cookie line is blanked
+    assert cases[22]["pin_password"] == "[REDACTED]"
+    assert "'api_key': '[REDACTED]'" in cases[23]["exception"]["message"]
+    assert "ValueError: {'api_key': '[REDACTED]'}" in cases[23]["exception"]["stack"]
 
 
 def test_pretty_format_is_one_readable_line_and_redacted() -> None:
@@ -195,6 +217,19 @@ async def test_access_log_fields_and_levels(start_app, log_capture: LogCapture) 
     assert SECRET not in json.dumps(error)  # the URL's password is blanked in message and stack
     assert error["exception"]["type"] == "RuntimeError" and "raise RuntimeError" in error["exception"]["stack"]
     assert error["correlation_id"] == boom["correlation_id"]
+
+
+async def test_access_log_names_the_authenticated_user(app: RunningApp, log_capture: LogCapture) -> None:
+    token, _ = app.services.tokens.issue("reader-7731")
+    me = await app.fetch("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.code == 200
+    anonymous = await app.fetch("/api/auth/me")
+    forged = await app.fetch("/api/auth/me", headers={"Authorization": f"Bearer {token[:-4]}AAAA"})
+    assert (anonymous.code, forged.code) == (401, 401)
+    signed_in, nobody, refused = log_capture.find(logger="mangu.access", route="/api/auth/me")
+    assert signed_in["user_id"] == "reader-7731" and signed_in["status"] == 200
+    assert nobody["user_id"] is None and refused["user_id"] is None  # a bad token names no one
+    assert token not in log_capture.text()
 
 
 async def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(app: RunningApp, log_capture: LogCapture) -> None:
