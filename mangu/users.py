@@ -11,8 +11,8 @@ command line, where every user of the machine could read them in the process lis
 the embedded development database, the command uses the one a running server keeps in
 ``DATA_DIR``, or starts it itself when no server runs.
 
-Exit status: 0 done, 65 invalid input, 67 no such user, 69 database unavailable, 73
-username taken, 78 configuration error.
+Exit status: 0 done, 2 malformed command line, 65 invalid input, 67 no such user, 69 database
+unavailable, 73 username taken, 78 configuration error.
 """
 
 from __future__ import annotations
