@@ -8,6 +8,8 @@ import json
 import socket
 import struct
 import time
+import zlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -222,32 +224,43 @@ async def test_oversize_frame_closes_1009(rt) -> None:
     assert await client.closed(5) == 1009
 
 
-def raw_ws(port: int, token: str, rcvbuf: int | None = None) -> socket.socket:
-    """A bare socket that completes the upgrade and then does only what the test says."""
+def raw_ws(port: int, token: str, rcvbuf: int | None = None, deflate: bool = False) -> socket.socket:
+    """A bare socket that completes the upgrade and then does only what the test says
+    (``deflate``: with permessage-deflate negotiated)."""
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
+    extension = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
     sock.sendall(
         f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extension}\r\n".encode()
     )
     response = b""
     while b"\r\n\r\n" not in response:
         response += sock.recv(1)
     assert response.startswith(b"HTTP/1.1 101")
+    assert (b"permessage-deflate" in response) == deflate
     return sock
 
 
-def client_frame(opcode: int, payload: bytes) -> bytes:
+def client_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     mask = b"\x01\x02\x03\x04"
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     assert len(payload) < 126
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+    return bytes([0x80 | (0x40 if rsv1 else 0) | opcode, 0x80 | len(payload)]) + mask + masked
 
 
-def read_close_code(sock: socket.socket, timeout: float = 10) -> int | None:
-    """Read frames until a close frame; its status code."""
+def deflated(payload: bytes) -> bytes:
+    """A permessage-deflate message body (RFC 7692 7.2.1: the sync flush's tail removed)."""
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
+
+
+def server_frames(sock: socket.socket, timeout: float = 10) -> Iterator[tuple[int, bool, bytes]]:
+    """(opcode, compressed, payload) of each frame the server sends, until the stream ends."""
     sock.settimeout(timeout)
     buffer = b""
     while True:
@@ -259,14 +272,25 @@ def read_close_code(sock: socket.socket, timeout: float = 10) -> int | None:
                 length, header = struct.unpack("!Q", buffer[2:10])[0], 10
             if len(buffer) < header + length:
                 break
-            opcode, payload = buffer[0] & 0x0F, buffer[header:header + length]
+            yield buffer[0] & 0x0F, bool(buffer[0] & 0x40), buffer[header:header + length]
             buffer = buffer[header + length:]
-            if opcode == 0x8:
-                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
         chunk = sock.recv(1 << 20)
         if not chunk:
-            return None
+            return
         buffer += chunk
+
+
+def read_close(sock: socket.socket, timeout: float = 10) -> tuple[int | None, str]:
+    """Read frames until a close frame; its status code and reason (None, "" without one)."""
+    for opcode, _, payload in server_frames(sock, timeout):
+        if opcode == 0x8:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+            return code, payload[2:].decode()
+    return None, ""
+
+
+def read_close_code(sock: socket.socket, timeout: float = 10) -> int | None:
+    return read_close(sock, timeout)[0]
 
 
 @pytest.mark.parametrize("payload", [struct.pack("!H", 999), struct.pack("!H", 1005), struct.pack("!H", 1006),
@@ -285,6 +309,38 @@ async def test_valid_close_code_is_echoed(rt) -> None:
     try:
         sock.sendall(client_frame(0x8, struct.pack("!H", 4000) + b"bye"))
         assert await asyncio.to_thread(read_close_code, sock) == 4000
+    finally:
+        sock.close()
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_1007(rt) -> None:
+    sock = await asyncio.to_thread(raw_ws, rt.port, make_token("alice"))
+    try:
+        sock.sendall(client_frame(0x1, b'{"event": "ping", "data": {"x": "\xff\xfe"}}'))
+        assert await asyncio.to_thread(read_close, sock) == (1007, "invalid UTF-8 in text frame")
+    finally:
+        sock.close()
+
+
+async def test_invalid_utf8_in_a_compressed_text_frame_closes_1007(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_COMPRESSION="true")
+    sock = await asyncio.to_thread(raw_ws, app.port, make_token("alice"), deflate=True)
+    try:
+        frames = server_frames(sock)
+        inflater = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+
+        async def next_message() -> dict:
+            opcode, compressed, payload = await asyncio.to_thread(next, frames)
+            assert opcode == 0x1 and compressed
+            return json.loads(inflater.decompress(payload + b"\x00\x00\xff\xff"))
+
+        assert (await next_message())["event"] == "session:ready"
+        for ref in ("1", "2"):  # two messages: the compression context carries over between them
+            sock.sendall(client_frame(0x1, deflated(b'{"event": "ping", "ref": "%s"}' % ref.encode()), rsv1=True))
+            reply = await next_message()
+            assert (reply["event"], reply["ref"]) == ("ack", ref)
+        sock.sendall(client_frame(0x1, deflated(b'{"event": "ping", "data": {"x": "\xff"}}'), rsv1=True))
+        assert await asyncio.to_thread(read_close, sock) == (1007, "invalid UTF-8 in text frame")
     finally:
         sock.close()
 
