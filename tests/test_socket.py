@@ -376,6 +376,28 @@ async def test_connection_and_room_caps(start_app, mongo_url, mongo_db) -> None:
     await again.close()
 
 
+async def test_an_application_room_policy_refuses_rooms_with_forbidden(start_app, mongo_url, mongo_db) -> None:
+    rt = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db)  # WS_ABUSE_LIMIT 20: eight refusals here
+    rt.services.hub.room_policy = lambda principal, room: room.startswith("book:") or "editor" in principal.roles
+    reader = await connect(rt, "alice")
+    editor = await WSClient.connect(rt.ws_url(), make_token("erin", roles=["editor"]))
+    for request in (("join:room", {"room": "staff:1"}), ("history:fetch", {"room": "staff:1"})):
+        reply = await reader.request(*request)
+        assert reply["event"] == "error" and reply["data"]["code"] == "forbidden"
+    await reader.ok("join:room", {"room": "book:1"})
+    await editor.ok("join:room", {"room": "staff:1"})
+    assert (await editor.ok("history:fetch", {"room": "staff:1"}))["messages"] == []
+    headers = {"Authorization": f"Bearer {make_token('alice')}"}
+    assert (await rt.fetch("/api/rooms/staff:1/messages", headers=headers)).code == 403
+    # reserved rooms stay refused whatever a policy allows: dm: rooms hold direct messages
+    rt.services.hub.room_policy = lambda principal, room: True
+    await editor.ok("message:direct", {"to": "bob", "text": "private"})
+    for room in ("dm:bob:erin", "user:bob", "_admin"):
+        for request in (("join:room", {"room": room}), ("history:fetch", {"room": room})):
+            assert (await reader.request(*request))["data"]["code"] == "forbidden"
+        assert (await rt.fetch(f"/api/rooms/{room}/messages", headers=headers)).code == 403
+
+
 async def test_storage_down_refuses_sends_but_typing_and_presence_work(start_app, tmp_path) -> None:
     mongo = MongoProcess(tmp_path / "mongo").start()
     try:
