@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.app import json_body
 from tests.support.procs import MongoProcess
 from tests.support.ws import WSClient, make_token
 
@@ -196,6 +197,12 @@ async def test_presence_online_away_offline_with_last_seen(rt) -> None:
         ('{"event": "message:send", "data": {"room": "book:42", "text": "' + "y" * 4001 + '"}, "ref": "x13"}',
          "invalid_payload"),
         ('{"event": "ping", "ref": {"nested": true}}', "invalid_frame"),
+        ('{"event": "typing:start", "data": {"room": "book:7"}, "ref": "x14"}', "not_member"),
+        ('{"event": "leave:room", "data": {"room": "has space"}, "ref": "x15"}', "invalid_payload"),
+        ('{"event": "history:fetch", "data": {"room": "_x"}, "ref": "x16"}', "forbidden"),
+        ('{"event": "history:fetch", "data": {"room": "user:x"}, "ref": "x17"}', "forbidden"),
+        ('{"event": "history:fetch", "data": {"room": "book:42", "before": 5, "after": 1}, "ref": "x18"}',
+         "invalid_payload"),
     ],
 )
 async def test_invalid_frames_get_a_precise_error_and_the_connection_stays(rt, frame: str, code: str) -> None:
@@ -362,6 +369,27 @@ async def test_frame_rate_limit_answers_rate_limited(start_app, mongo_url, mongo
     assert (await client.request("ping"))["event"] == "ack"
 
 
+async def test_websocket_disabled_answers_404(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, ENABLE_WEBSOCKET="false")
+    response = await app.fetch("/ws", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Authorization": f"Bearer {make_token('alice')}",
+    })
+    assert response.code == 404 and json_body(response)["error"]["code"] == "not_found"
+
+
+async def test_a_process_at_capacity_closes_new_connections_1013(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_MAX_CONNECTIONS="1")
+    first = await connect(app, "alice")
+    second = await WSClient.connect(app.ws_url(), make_token("bob"), wait_ready=False)
+    assert await second.closed(5) == 1013 and second.close_reason == "server at capacity"
+    assert not second.received("session:ready")
+    assert (await first.ok("ping"))["server_time"]
+    await first.close()
+    third = await connect(app, "carol")  # the slot is free again
+    await third.close()
+
+
 async def test_connection_and_room_caps(start_app, mongo_url, mongo_db) -> None:
     app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_MAX_CONNECTIONS_PER_USER="2",
                           WS_MAX_ROOMS="2")
@@ -411,6 +439,9 @@ async def test_storage_down_refuses_sends_but_typing_and_presence_work(start_app
         reply = await alice.request("message:send", {"room": "book:42", "text": "during"}, timeout=15)
         assert reply["event"] == "error" and reply["data"]["code"] == "unavailable"
         assert reply["data"]["retry_after_ms"] > 0 and time.monotonic() - started < 5
+        reply = await alice.request("message:direct", {"to": "bob", "text": "dm during"}, timeout=15)
+        assert reply["event"] == "error" and reply["data"]["code"] == "unavailable"
+        assert reply["data"]["retry_after_ms"] > 0
         await alice.ok("typing:start", {"room": "book:42"})
         await bob.expect("typing:start")
         await alice.ok("presence:update", {"status": "busy"})
@@ -424,6 +455,8 @@ async def test_storage_down_refuses_sends_but_typing_and_presence_work(start_app
         assert reply["event"] == "ack"
         await bob.expect("message:received", text="after")
         assert [m["text"] for m in bob.received("message:received")] == ["before", "after"]
+        assert bob.received("message:direct") == []  # the refused direct message reached nobody
+        assert (await bob.ok("history:fetch", {"with": "alice"}))["messages"] == []
     finally:
         mongo.kill()
 

@@ -143,3 +143,23 @@ async def test_expiry_mid_connection_and_refresh(start_app, mongo_url, mongo_db)
     await asyncio.sleep(3)  # past the first token's expiry
     assert (await refreshed.ok("ping"))["server_time"] > 0
     await refreshed.close()
+
+
+async def test_auth_and_refresh_frames_are_answered_with_precise_errors(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db)  # the default WS_AUTH_TIMEOUT (10 s)
+    client = await WSClient.connect(app.ws_url(), wait_ready=False)
+    reply = await client.request("auth", {})  # no token: refused, but the connection may still authenticate
+    assert reply["data"]["code"] == "invalid_payload" and reply["data"]["field"] == "token"
+    assert (await client.ok("auth", {"token": make_token("alice")}))["user"] == "alice"
+    again = await client.request("auth", {"token": make_token("alice")})
+    assert again["event"] == "error" and again["data"]["code"] == "invalid_frame"
+    for data, code in (
+        ({}, "invalid_payload"),
+        ({"token": "not.a.jwt"}, "unauthorized"),
+        ({"token": make_token("alice", secret="not-the-server-secret-0123456789abcdef")}, "unauthorized"),
+        ({"token": make_token("alice", ttl=-10)}, "token_expired"),
+    ):
+        reply = await client.request("auth:refresh", data)
+        assert reply["event"] == "error" and reply["data"]["code"] == code, (data, reply)
+    assert (await client.ok("ping"))["server_time"]  # refused refreshes leave the session as it was
+    await client.close()
