@@ -126,6 +126,20 @@ async def test_disallowed_origin_is_403_before_upgrade(start_app, mongo_url, mon
     assert plain.code == 400 and json_body(plain)["error"]["code"] == "upgrade_required"
 
 
+async def test_origin_of_the_server_itself_or_any_with_a_star(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, CLIENT_URL="https://mangu.example")
+    for origin in (f"http://127.0.0.1:{app.port}", f"https://127.0.0.1:{app.port}"):  # Host matches, any scheme
+        ok = await WSClient.connect(app.ws_url(), make_token("alice"), origin=origin)
+        await ok.close()
+    for origin in ("https://mangu.example:443", "http://mangu.example", "http://127.0.0.1:1"):
+        with pytest.raises(HTTPClientError) as err:
+            await WSClient.connect(app.ws_url(), make_token("alice"), origin=origin)
+        assert "403" in str(err.value), origin
+    anywhere = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, CLIENT_URL="*")
+    ok = await WSClient.connect(anywhere.ws_url(), make_token("alice"), origin="https://evil.example")
+    await ok.close()
+
+
 async def test_expiry_mid_connection_and_refresh(start_app, mongo_url, mongo_db) -> None:
     app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_EXPIRY_WARNING="2")
     expiring = await WSClient.connect(app.ws_url(), make_token("alice", ttl=3))
