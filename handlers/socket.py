@@ -231,9 +231,9 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
         metrics.ws_messages.labels("in", frame.event).inc()
         allowed, retry_after = self._bucket.take()
         if not allowed:
-            self._reject(p.ProtocolError(
-                p.E_RATE_LIMITED, "too many frames", frame.ref, retry_after_ms=int(retry_after * 1000) + 1,
-            ))
+            # A fast client is not an abusive one: rate_limited does not count toward 1008.
+            self._send(p.error(p.E_RATE_LIMITED, "too many frames", frame.ref,
+                               retry_after_ms=int(retry_after * 1000) + 1))
             return
         try:
             await self._dispatch(frame)
@@ -253,6 +253,7 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
             self._send(p.error(p.E_INTERNAL, "internal error", frame.ref))
 
     def _reject(self, exc: p.ProtocolError) -> None:
+        """Answer a refused frame with ``error``; WS_ABUSE_LIMIT of them close the connection with 1008."""
         self._send(p.error(exc.code, exc.message, exc.ref, **exc.extra))
         self._abuse += 1
         log.info("websocket frame refused: %s", exc.message, extra={"code": exc.code, "conn_id": self.conn_id})

@@ -55,6 +55,17 @@ async def _wait(predicate: Any, what: str, timeout: float = 10) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _eventually_async(call: Any, accept: Any, what: str, timeout: float = 15) -> Any:
+    """Await ``call()`` until ``accept`` takes its result (the processes resync on their own schedule)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await call()
+        if accept(result):
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {result}"
+        await asyncio.sleep(0.2)
+
+
 async def member(url: str, user: str, room: str | None = "book:42") -> WSClient:
     client = await WSClient.connect(url, make_token(user))
     if room:
@@ -98,12 +109,13 @@ async def test_direct_messages_and_presence_across_processes(other_process, here
     assert {m["user"] for m in members} == {"alice", "bob", "carol"}
     await alice.expect("room:joined", user="carol")
 
+    alice_there = await member(other_process.ws_url(), "alice", room=None)
     await alice.ok("message:direct", {"to": "bob", "text": "across"})
-    for client in (bob, bob_phone):
+    for client in (bob, bob_phone, alice_there):  # the sender's other connection, on the other process
         got = (await client.expect("message:direct"))["data"]
-        assert (got["sender"], got["text"]) == ("alice", "across")
+        assert (got["sender"], got["to"], got["text"]) == ("alice", "bob", "across")
     await asyncio.sleep(0.2)
-    assert len(bob.received("message:direct")) == 1 and len(bob_phone.received("message:direct")) == 1
+    assert [len(c.received("message:direct")) for c in (bob, bob_phone, alice_there, alice)] == [1, 1, 1, 0]
 
     await bob.ok("presence:update", {"status": "busy"})
     assert (await alice.expect("presence:updated", user="bob"))["data"]["status"] == "busy"
@@ -218,6 +230,18 @@ async def test_redis_restart_mid_conversation(other_process, here, redis_server:
     missed = await bob.ok("history:fetch", {"room": "book:42", "after": 1})
     assert "during" in [m["text"] for m in missed["messages"]]
     assert (await wait_health(here, "healthy"))["code"] == 200
+    # presence is written again to the emptied Redis by both processes: each sees the other's
+    # users online, and a join ack on either lists the members of both
+    await _eventually_async(lambda: here.services.hub.get_user_presence("bob"), lambda e: e["status"] == "online",
+                            "bob online as seen from this process")
+    carol = await WSClient.connect(other_process.ws_url(), make_token("carol"))
+    await _eventually_async(lambda: carol.ok("join:room", {"room": "book:42"}),
+                            lambda ack: {m["user"] for m in ack["members"]} == {"alice", "ann", "bob", "carol"},
+                            "the join ack on the other process to list both processes' members")
+    cleo = await WSClient.connect(here.ws_url(), make_token("cleo"))
+    members = (await cleo.ok("join:room", {"room": "book:42"}))["members"]
+    assert {m["user"] for m in members} == {"alice", "ann", "bob", "carol", "cleo"}
+    assert all(m["status"] == "online" for m in members)
 
 
 async def test_admin_publish_reaches_sockets_on_two_processes(other_process, here) -> None:

@@ -8,9 +8,12 @@ import json
 import socket
 import struct
 import time
+import zlib
+from collections.abc import Iterator
 
 import pytest
 
+from tests.support.app import json_body
 from tests.support.procs import MongoProcess
 from tests.support.ws import WSClient, make_token
 
@@ -194,6 +197,12 @@ async def test_presence_online_away_offline_with_last_seen(rt) -> None:
         ('{"event": "message:send", "data": {"room": "book:42", "text": "' + "y" * 4001 + '"}, "ref": "x13"}',
          "invalid_payload"),
         ('{"event": "ping", "ref": {"nested": true}}', "invalid_frame"),
+        ('{"event": "typing:start", "data": {"room": "book:7"}, "ref": "x14"}', "not_member"),
+        ('{"event": "leave:room", "data": {"room": "has space"}, "ref": "x15"}', "invalid_payload"),
+        ('{"event": "history:fetch", "data": {"room": "_x"}, "ref": "x16"}', "forbidden"),
+        ('{"event": "history:fetch", "data": {"room": "user:x"}, "ref": "x17"}', "forbidden"),
+        ('{"event": "history:fetch", "data": {"room": "book:42", "before": 5, "after": 1}, "ref": "x18"}',
+         "invalid_payload"),
     ],
 )
 async def test_invalid_frames_get_a_precise_error_and_the_connection_stays(rt, frame: str, code: str) -> None:
@@ -222,32 +231,43 @@ async def test_oversize_frame_closes_1009(rt) -> None:
     assert await client.closed(5) == 1009
 
 
-def raw_ws(port: int, token: str, rcvbuf: int | None = None) -> socket.socket:
-    """A bare socket that completes the upgrade and then does only what the test says."""
+def raw_ws(port: int, token: str, rcvbuf: int | None = None, deflate: bool = False) -> socket.socket:
+    """A bare socket that completes the upgrade and then does only what the test says
+    (``deflate``: with permessage-deflate negotiated)."""
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
+    extension = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
     sock.sendall(
         f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extension}\r\n".encode()
     )
     response = b""
     while b"\r\n\r\n" not in response:
         response += sock.recv(1)
     assert response.startswith(b"HTTP/1.1 101")
+    assert (b"permessage-deflate" in response) == deflate
     return sock
 
 
-def client_frame(opcode: int, payload: bytes) -> bytes:
+def client_frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
     mask = b"\x01\x02\x03\x04"
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     assert len(payload) < 126
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+    return bytes([0x80 | (0x40 if rsv1 else 0) | opcode, 0x80 | len(payload)]) + mask + masked
 
 
-def read_close_code(sock: socket.socket, timeout: float = 10) -> int | None:
-    """Read frames until a close frame; its status code."""
+def deflated(payload: bytes) -> bytes:
+    """A permessage-deflate message body (RFC 7692 7.2.1: the sync flush's tail removed)."""
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
+
+
+def server_frames(sock: socket.socket, timeout: float = 10) -> Iterator[tuple[int, bool, bytes]]:
+    """(opcode, compressed, payload) of each frame the server sends, until the stream ends."""
     sock.settimeout(timeout)
     buffer = b""
     while True:
@@ -259,14 +279,25 @@ def read_close_code(sock: socket.socket, timeout: float = 10) -> int | None:
                 length, header = struct.unpack("!Q", buffer[2:10])[0], 10
             if len(buffer) < header + length:
                 break
-            opcode, payload = buffer[0] & 0x0F, buffer[header:header + length]
+            yield buffer[0] & 0x0F, bool(buffer[0] & 0x40), buffer[header:header + length]
             buffer = buffer[header + length:]
-            if opcode == 0x8:
-                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
         chunk = sock.recv(1 << 20)
         if not chunk:
-            return None
+            return
         buffer += chunk
+
+
+def read_close(sock: socket.socket, timeout: float = 10) -> tuple[int | None, str]:
+    """Read frames until a close frame; its status code and reason (None, "" without one)."""
+    for opcode, _, payload in server_frames(sock, timeout):
+        if opcode == 0x8:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+            return code, payload[2:].decode()
+    return None, ""
+
+
+def read_close_code(sock: socket.socket, timeout: float = 10) -> int | None:
+    return read_close(sock, timeout)[0]
 
 
 @pytest.mark.parametrize("payload", [struct.pack("!H", 999), struct.pack("!H", 1005), struct.pack("!H", 1006),
@@ -289,15 +320,74 @@ async def test_valid_close_code_is_echoed(rt) -> None:
         sock.close()
 
 
+async def test_invalid_utf8_in_a_text_frame_closes_1007(rt) -> None:
+    sock = await asyncio.to_thread(raw_ws, rt.port, make_token("alice"))
+    try:
+        sock.sendall(client_frame(0x1, b'{"event": "ping", "data": {"x": "\xff\xfe"}}'))
+        assert await asyncio.to_thread(read_close, sock) == (1007, "invalid UTF-8 in text frame")
+    finally:
+        sock.close()
+
+
+async def test_invalid_utf8_in_a_compressed_text_frame_closes_1007(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_COMPRESSION="true")
+    sock = await asyncio.to_thread(raw_ws, app.port, make_token("alice"), deflate=True)
+    try:
+        frames = server_frames(sock)
+        inflater = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+
+        async def next_message() -> dict:
+            opcode, compressed, payload = await asyncio.to_thread(next, frames)
+            assert opcode == 0x1 and compressed
+            return json.loads(inflater.decompress(payload + b"\x00\x00\xff\xff"))
+
+        assert (await next_message())["event"] == "session:ready"
+        for ref in ("1", "2"):  # two messages: the compression context carries over between them
+            sock.sendall(client_frame(0x1, deflated(b'{"event": "ping", "ref": "%s"}' % ref.encode()), rsv1=True))
+            reply = await next_message()
+            assert (reply["event"], reply["ref"]) == ("ack", ref)
+        sock.sendall(client_frame(0x1, deflated(b'{"event": "ping", "data": {"x": "\xff"}}'), rsv1=True))
+        assert await asyncio.to_thread(read_close, sock) == (1007, "invalid UTF-8 in text frame")
+    finally:
+        sock.close()
+
+
 async def test_frame_rate_limit_answers_rate_limited(start_app, mongo_url, mongo_db) -> None:
-    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_MESSAGE_RATE="2", WS_MESSAGE_BURST="3")
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_MESSAGE_RATE="2", WS_MESSAGE_BURST="3",
+                          WS_ABUSE_LIMIT="2")
     client = await connect(app, "alice")
-    replies = [await client.request("ping") for _ in range(5)]
+    for n in range(8):  # sent at once: the burst of 3 is acked, most of the rest refused
+        client.send("ping", ref=f"p{n}")
+    replies = [await client.wait_for(lambda f, n=n: f.get("ref") == f"p{n}") for n in range(8)]
     assert [r["event"] for r in replies[:3]] == ["ack", "ack", "ack"]
-    limited = replies[3]["data"]
-    assert limited["code"] == "rate_limited" and 0 < limited["retry_after_ms"] <= 600
+    limited = [r["data"] for r in replies[3:] if r["event"] == "error"]
+    assert len(limited) >= 2 and all(e["code"] == "rate_limited" for e in limited)
+    assert all(0 < e["retry_after_ms"] <= 600 for e in limited)
+    # a fast client is not an abusive one: WS_ABUSE_LIMIT (2) rate_limited replies do not close it
+    limited = max(limited, key=lambda e: e["retry_after_ms"])
     await asyncio.sleep(limited["retry_after_ms"] / 1000 + 0.05)
     assert (await client.request("ping"))["event"] == "ack"
+
+
+async def test_websocket_disabled_answers_404(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, ENABLE_WEBSOCKET="false")
+    response = await app.fetch("/ws", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Authorization": f"Bearer {make_token('alice')}",
+    })
+    assert response.code == 404 and json_body(response)["error"]["code"] == "not_found"
+
+
+async def test_a_process_at_capacity_closes_new_connections_1013(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_MAX_CONNECTIONS="1")
+    first = await connect(app, "alice")
+    second = await WSClient.connect(app.ws_url(), make_token("bob"), wait_ready=False)
+    assert await second.closed(5) == 1013 and second.close_reason == "server at capacity"
+    assert not second.received("session:ready")
+    assert (await first.ok("ping"))["server_time"]
+    await first.close()
+    third = await connect(app, "carol")  # the slot is free again
+    await third.close()
 
 
 async def test_connection_and_room_caps(start_app, mongo_url, mongo_db) -> None:
@@ -314,6 +404,28 @@ async def test_connection_and_room_caps(start_app, mongo_url, mongo_db) -> None:
     await again.close()
 
 
+async def test_an_application_room_policy_refuses_rooms_with_forbidden(start_app, mongo_url, mongo_db) -> None:
+    rt = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db)  # WS_ABUSE_LIMIT 20: eight refusals here
+    rt.services.hub.room_policy = lambda principal, room: room.startswith("book:") or "editor" in principal.roles
+    reader = await connect(rt, "alice")
+    editor = await WSClient.connect(rt.ws_url(), make_token("erin", roles=["editor"]))
+    for request in (("join:room", {"room": "staff:1"}), ("history:fetch", {"room": "staff:1"})):
+        reply = await reader.request(*request)
+        assert reply["event"] == "error" and reply["data"]["code"] == "forbidden"
+    await reader.ok("join:room", {"room": "book:1"})
+    await editor.ok("join:room", {"room": "staff:1"})
+    assert (await editor.ok("history:fetch", {"room": "staff:1"}))["messages"] == []
+    headers = {"Authorization": f"Bearer {make_token('alice')}"}
+    assert (await rt.fetch("/api/rooms/staff:1/messages", headers=headers)).code == 403
+    # reserved rooms stay refused whatever a policy allows: dm: rooms hold direct messages
+    rt.services.hub.room_policy = lambda principal, room: True
+    await editor.ok("message:direct", {"to": "bob", "text": "private"})
+    for room in ("dm:bob:erin", "user:bob", "_admin"):
+        for request in (("join:room", {"room": room}), ("history:fetch", {"room": room})):
+            assert (await reader.request(*request))["data"]["code"] == "forbidden"
+        assert (await rt.fetch(f"/api/rooms/{room}/messages", headers=headers)).code == 403
+
+
 async def test_storage_down_refuses_sends_but_typing_and_presence_work(start_app, tmp_path) -> None:
     mongo = MongoProcess(tmp_path / "mongo").start()
     try:
@@ -327,6 +439,9 @@ async def test_storage_down_refuses_sends_but_typing_and_presence_work(start_app
         reply = await alice.request("message:send", {"room": "book:42", "text": "during"}, timeout=15)
         assert reply["event"] == "error" and reply["data"]["code"] == "unavailable"
         assert reply["data"]["retry_after_ms"] > 0 and time.monotonic() - started < 5
+        reply = await alice.request("message:direct", {"to": "bob", "text": "dm during"}, timeout=15)
+        assert reply["event"] == "error" and reply["data"]["code"] == "unavailable"
+        assert reply["data"]["retry_after_ms"] > 0
         await alice.ok("typing:start", {"room": "book:42"})
         await bob.expect("typing:start")
         await alice.ok("presence:update", {"status": "busy"})
@@ -340,6 +455,8 @@ async def test_storage_down_refuses_sends_but_typing_and_presence_work(start_app
         assert reply["event"] == "ack"
         await bob.expect("message:received", text="after")
         assert [m["text"] for m in bob.received("message:received")] == ["before", "after"]
+        assert bob.received("message:direct") == []  # the refused direct message reached nobody
+        assert (await bob.ok("history:fetch", {"with": "alice"}))["messages"] == []
     finally:
         mongo.kill()
 

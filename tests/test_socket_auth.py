@@ -126,6 +126,20 @@ async def test_disallowed_origin_is_403_before_upgrade(start_app, mongo_url, mon
     assert plain.code == 400 and json_body(plain)["error"]["code"] == "upgrade_required"
 
 
+async def test_origin_of_the_server_itself_or_any_with_a_star(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, CLIENT_URL="https://mangu.example")
+    for origin in (f"http://127.0.0.1:{app.port}", f"https://127.0.0.1:{app.port}"):  # Host matches, any scheme
+        ok = await WSClient.connect(app.ws_url(), make_token("alice"), origin=origin)
+        await ok.close()
+    for origin in ("https://mangu.example:443", "http://mangu.example", "http://127.0.0.1:1"):
+        with pytest.raises(HTTPClientError) as err:
+            await WSClient.connect(app.ws_url(), make_token("alice"), origin=origin)
+        assert "403" in str(err.value), origin
+    anywhere = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, CLIENT_URL="*")
+    ok = await WSClient.connect(anywhere.ws_url(), make_token("alice"), origin="https://evil.example")
+    await ok.close()
+
+
 async def test_expiry_mid_connection_and_refresh(start_app, mongo_url, mongo_db) -> None:
     app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db, WS_EXPIRY_WARNING="2")
     expiring = await WSClient.connect(app.ws_url(), make_token("alice", ttl=3))
@@ -143,3 +157,23 @@ async def test_expiry_mid_connection_and_refresh(start_app, mongo_url, mongo_db)
     await asyncio.sleep(3)  # past the first token's expiry
     assert (await refreshed.ok("ping"))["server_time"] > 0
     await refreshed.close()
+
+
+async def test_auth_and_refresh_frames_are_answered_with_precise_errors(start_app, mongo_url, mongo_db) -> None:
+    app = await start_app(MONGODB_URL=mongo_url, MONGODB_DB=mongo_db)  # the default WS_AUTH_TIMEOUT (10 s)
+    client = await WSClient.connect(app.ws_url(), wait_ready=False)
+    reply = await client.request("auth", {})  # no token: refused, but the connection may still authenticate
+    assert reply["data"]["code"] == "invalid_payload" and reply["data"]["field"] == "token"
+    assert (await client.ok("auth", {"token": make_token("alice")}))["user"] == "alice"
+    again = await client.request("auth", {"token": make_token("alice")})
+    assert again["event"] == "error" and again["data"]["code"] == "invalid_frame"
+    for data, code in (
+        ({}, "invalid_payload"),
+        ({"token": "not.a.jwt"}, "unauthorized"),
+        ({"token": make_token("alice", secret="not-the-server-secret-0123456789abcdef")}, "unauthorized"),
+        ({"token": make_token("alice", ttl=-10)}, "token_expired"),
+    ):
+        reply = await client.request("auth:refresh", data)
+        assert reply["event"] == "error" and reply["data"]["code"] == code, (data, reply)
+    assert (await client.ok("ping"))["server_time"]  # refused refreshes leave the session as it was
+    await client.close()

@@ -9,7 +9,7 @@ connection has its own compression context) the normal path is used.
 
 The protocol subclass also validates the close codes clients send (RFC 6455 7.4: an
 invalid code is answered with 1002) and answers invalid UTF-8 with 1007 instead of a bare
-disconnect.
+disconnect, in compressed frames too.
 
 tests/test_frames.py pins this behaviour; SUPPORTED_TORNADO lists the versions it is
 tested with. On any other version every write takes the normal ``write_message`` path.
@@ -22,9 +22,9 @@ from typing import Any
 
 import tornado
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+from tornado.websocket import WebSocketClosedError, WebSocketProtocol13, _DecompressTooLargeError
 
-from mangu.realtime.protocol import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, valid_close_code
+from mangu.realtime.protocol import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, valid_close_code
 
 SUPPORTED_TORNADO = ((6, 5), (6, 6))
 
@@ -136,7 +136,17 @@ class ServerProtocol(WebSocketProtocol13):
                     data[2:].decode("utf-8")
                 except UnicodeDecodeError:
                     return self._fail(CLOSE_INVALID_DATA, "invalid UTF-8 in close reason", code)
-        elif opcode == 0x1 and not self._frame_compressed:
+        elif opcode == 0x1:
+            if self._frame_compressed:
+                # Inflated here, once (the context carries over between messages), so that
+                # the text can be checked; Tornado then takes it as an uncompressed frame.
+                try:
+                    data = self._decompressor.decompress(data)
+                except _DecompressTooLargeError:
+                    self.close(CLOSE_TOO_BIG, "message too big after decompression")
+                    self._abort()
+                    return None
+                self._frame_compressed = False
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:

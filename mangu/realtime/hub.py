@@ -67,6 +67,16 @@ def default_room_policy(principal: Any, room: str) -> bool:
     return not room.startswith(p.RESERVED_ROOM_PREFIXES)
 
 
+def _refusing_reserved(policy: RoomPolicy) -> RoomPolicy:
+    if policy is default_room_policy:
+        return policy
+
+    def check(principal: Any, room: str) -> bool:
+        return default_room_policy(principal, room) and bool(policy(principal, room))
+
+    return check
+
+
 def direct_event(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored direct message as clients see it: the conversation, sender and recipient."""
     return {
@@ -112,6 +122,18 @@ class Hub:
         self._origin = orjson.dumps(node_id)
         if hasattr(self.presence, "on_departure"):
             self.presence.on_departure = self._announce_departure
+
+    @property
+    def room_policy(self) -> RoomPolicy:
+        """Who may join or read a room: ``policy(principal, room) -> bool``, called on
+        ``join:room`` and on room history (WebSocket and REST); False answers ``forbidden``.
+        An application assigns its own (``services.hub.room_policy = policy``); reserved
+        names stay refused whatever it says (``dm:`` rooms hold direct messages)."""
+        return self._room_policy
+
+    @room_policy.setter
+    def room_policy(self, policy: RoomPolicy) -> None:
+        self._room_policy = _refusing_reserved(policy)
 
     async def start(self) -> None:
         if self.bus is not None:
