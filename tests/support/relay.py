@@ -21,6 +21,7 @@ def _abort(sock: socket.socket) -> None:
     """Close with a reset, as a dead link or a crashed peer would."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)  # wakes a pump blocked in recv(): close() alone would not
     except OSError:
         pass
     sock.close()
@@ -79,6 +80,10 @@ class TcpRelay:
         """Stop listening: new connections are refused (existing ones go on)."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(): close() alone would not
+            except OSError:
+                pass
             listener.close()
 
     def close(self) -> None:
