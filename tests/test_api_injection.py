@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.api import UNLIMITED, call, error_of
 from tests.support.app import RunningApp
+from tests.support.ws import WSClient, make_token
 
 OPERATORS: list[Any] = [{"$gt": ""}, {"$ne": None}, {"$regex": ".*"}, ["$where"], True]
 QUERY_TEXT = ['{"$ne": null}', "$where", ".*", "^D", "\\", "' OR '1'='1", "a\u0000b"]
@@ -37,7 +38,8 @@ def body_fields() -> list[tuple[str, str, dict[str, Any], str]]:
           for name in ("title", "author", "isbn", "genres", "published", "description")],
         *[("PATCH", "/api/books/{id}", {"title": "Dune"}, name)
           for name in ("title", "author", "isbn", "genres", "published", "description")],
-        *[("PUT", "/api/books/{id}", dict(BOOK), name) for name in ("title", "author", "isbn")],
+        *[("PUT", "/api/books/{id}", dict(BOOK), name)
+          for name in ("title", "author", "isbn", "genres", "published", "description")],
         *[("POST", "/api/admin/publish", {"target": "room", "id": "book:1", "event": "system:x", "data": {}}, name)
           for name in ("target", "id", "event")],
         *[("POST", "/api/admin/disconnect", {"user_id": "bob", "reason": "bye"}, name)
@@ -49,7 +51,11 @@ def body_fields() -> list[tuple[str, str, dict[str, Any], str]]:
 async def test_operators_in_any_body_field_are_a_400_naming_the_field(seeded: RunningApp, bad: Any) -> None:
     _, books, _ = await call(seeded, "GET", "/api/books", as_user="rita")
     book_id = books["items"][0]["id"]
-    for method, path, body, name in body_fields():
+    fields_checked = body_fields()
+    if not isinstance(bad, dict):  # a dict is an object, which publish's data is: see the test below
+        fields_checked.append(("POST", "/api/admin/publish",
+                               {"target": "room", "id": "book:1", "event": "system:x"}, "data"))
+    for method, path, body, name in fields_checked:
         value = [bad] if name == "genres" else bad  # genres is a list: the operator goes inside it
         status, payload, _ = await call(seeded, method, path.format(id=book_id), {**body, name: value},
                                         as_user="root", roles=("admin",))
@@ -66,6 +72,21 @@ async def test_a_body_that_is_itself_an_operator_is_refused(seeded: RunningApp) 
                          ("POST", "/api/auth/register")):
         status, payload, _ = await call(seeded, method, path, {"$where": "1 == 1"}, as_user="root", roles=("admin",))
         assert "$where" in error_of(status, payload, 400, "invalid_input")["fields"], path
+
+
+async def test_publish_data_with_operator_keys_reaches_subscribers_as_plain_data(seeded: RunningApp) -> None:
+    # data is never queried nor stored: an admin's object, "$" keys and all, is what members get
+    data = {"$where": "1 == 1", "$gt": {"$ne": None}, "list": [{"$regex": ".*"}]}
+    member = await WSClient.connect(seeded.ws_url(), make_token("bob"))
+    try:
+        await member.ok("join:room", {"room": "book:1"})
+        status, payload, _ = await call(seeded, "POST", "/api/admin/publish",
+                                        {"target": "room", "id": "book:1", "event": "system:notice", "data": data},
+                                        as_user="root", roles=("admin",))
+        assert status == 202 and payload["local_deliveries"] == 1
+        assert (await member.expect("system:notice"))["data"] == data
+    finally:
+        await member.close()
 
 
 @pytest.mark.parametrize("name", ["author", "genre", "title_prefix", "cursor", "limit"])

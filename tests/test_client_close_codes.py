@@ -10,41 +10,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page
 
 from tests.support.app import RunningApp
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.ws import make_token
+from tests.support.browser import client_page, until
 
 
 @pytest.fixture
 async def page(app: RunningApp) -> AsyncIterator[Page]:
-    """A page of the app's own origin (the demo page, not logged in) with one ManguClient
-    connected as ``gina`` and joined to ``book:5``; its state changes in ``window.states``."""
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            await page.goto(app.url("/"))
-            await page.evaluate("""async (token) => {
-                const { ManguClient } = await import("/static/mangu-client.js");
-                const client = new ManguClient({ token, reconnect: { initial: 100, max: 400 } });
-                window.states = [];
-                window.client = client;
-                client.on("state", ({ state, code, reason }) => window.states.push([state, code ?? null, reason ?? null]));
-                client.connect();
-                await client.join("book:5");
-            }""", make_token("gina"))
-            yield page
-        finally:
-            await browser.close()
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    """One ManguClient connected as ``gina`` and joined to ``book:5``."""
+    async with client_page(app.url(), "gina", "book:5", reconnect={"initial": 100, "max": 400}) as page:
+        yield page
 
 
 async def states(page: Page) -> list[list[Any]]:

@@ -1,11 +1,14 @@
-"""The database layer against a real nx-27017 child (or MONGODB_URL): pool bounds and idle
-close, command timing and the slow-query log, transactions, outages at start-up and while
-running, and the embedded development MongoDB."""
+"""The database layer against a real nx-27017 child (or MONGODB_URL): the driver's pool and
+timeout options, pool bounds and idle close, command timing and the slow-query log,
+transactions (and their refusal by a standalone server), outages at start-up and while
+running (over HTTP too), a health ping bounded against a server that never answers, and the
+embedded development MongoDB."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -13,11 +16,14 @@ import psutil
 import pytest
 from pymongo import AsyncMongoClient
 
-from mangu.db import DatabaseUnavailable
+from mangu import __version__
+from mangu.db import DatabaseUnavailable, TransactionsUnsupported
 from mangu.embedded_mongo import EmbeddedMongo
 from mangu.log import bind_context, reset_context
-from tests.support.app import RunningApp, eventually
+from tests.support.api import UNLIMITED, call
+from tests.support.app import RunningApp, eventually, json_body
 from tests.support.procs import MongoProcess, ServerProcess, port_open, wait_until
+from tests.support.relay import StandaloneMongoRelay
 
 
 def sample(app: RunningApp, name: str, **labels: str) -> float:
@@ -163,6 +169,87 @@ async def test_outage_while_running_fails_fast_and_recovers(start_app, own_mongo
     history = await messages.history("book:2")
     assert [m["text"] for m in history] == ["before"]  # the same data, no restart
     await eventually(lambda: sample(app, "mangu_db_up") == 1, what="db_up back to 1")
+
+
+async def test_server_started_without_mongodb_serves_books_once_it_is_up(start_app, own_mongo: MongoProcess) -> None:
+    app = await start_app(MONGODB_URL=own_mongo.url, DATABASE_HEARTBEAT_INTERVAL=500, HEALTH_CACHE_MS=0,
+                          **UNLIMITED)
+    await eventually(lambda: app.services.db.known_down, what="the driver to find MongoDB down")
+    health = await app.fetch("/api/health")
+    assert health.code == 503 and json_body(health)["checks"]["database"]["status"] == "fail"
+    status, payload, _ = await call(app, "GET", "/api/books", as_user="rita")
+    assert status == 503, payload
+
+    await asyncio.to_thread(own_mongo.start)  # the same process, never restarted
+    deadline = time.monotonic() + 15
+    while (health := await app.fetch("/api/health")).code != 200:
+        assert time.monotonic() < deadline, json_body(health)
+        await asyncio.sleep(0.2)
+    assert json_body(health)["checks"]["database"]["status"] == "pass"
+    status, payload, _ = await call(app, "GET", "/api/books", as_user="rita")
+    assert status == 200 and payload["items"] == []
+
+
+async def test_transaction_on_a_standalone_server_is_a_clear_error(start_app, mongo_server: MongoProcess) -> None:
+    # nx-27017 takes transactions (without isolating them), so the refusal of a standalone
+    # mongod comes from a relay in front of it that answers startTransaction as mongod does;
+    # every other command, the driver's handshake included, reaches nx-27017.
+    relay = StandaloneMongoRelay(mongo_server.port).start()
+    try:
+        app = await start_app(MONGODB_URL=relay.url)
+        db = app.services.db
+        await eventually(lambda: db.available, what="MongoDB through the relay")
+
+        async def write(session) -> None:
+            await db.collection("ledger").insert_one({"_id": "never"}, session=session)
+
+        with pytest.raises(TransactionsUnsupported) as err:
+            await db.transaction(write)
+        assert "need a replica set or a sharded cluster" in str(err.value)
+        assert relay.refused == 1  # refused once: not retried as a transient error
+        async with db.operation() as mdb:
+            assert await mdb.ledger.find_one({"_id": "never"}) is None
+    finally:
+        relay.close()
+
+
+async def test_the_driver_uses_the_configured_pool_and_timeouts(start_app, mongo_server: MongoProcess) -> None:
+    relay = StandaloneMongoRelay(mongo_server.port).start()
+    try:
+        app = await start_app(MONGODB_URL=relay.url, DATABASE_POOL_MIN=2, DATABASE_POOL_MAX=20,
+                              DATABASE_IDLE_TIMEOUT=45000, DATABASE_TIMEOUT=4000, DATABASE_STATEMENT_TIMEOUT=7000)
+        # minPoolSize: two connections open with no request made
+        await eventually(lambda: sample(app, "mangu_db_pool_connections", state="open") == 2,
+                         what="the pool to open its two connections")
+        assert app.services.db.pool_stats()["min_size"] == 2 and app.services.db.pool_stats()["max_size"] == 20
+        # the name every connection introduces itself with, as MongoDB's logs and currentOp show it
+        names = {h.get("client", {}).get("application", {}).get("name") for h in relay.handshakes}
+        assert names == {f"mangu/{__version__}"}
+        # the rest, as the driver holds them (nothing on the wire tells them apart)
+        options = app.services.db._client.options
+        pool = options.pool_options
+        assert (pool.min_pool_size, pool.max_pool_size, pool.max_idle_time_seconds) == (2, 20, 45)
+        assert pool.connect_timeout == 4 and options.server_selection_timeout == 4
+        assert options.timeout == 7
+        assert options.retry_reads and options.retry_writes
+    finally:
+        relay.close()
+
+
+async def test_health_stays_within_its_bound_against_a_server_that_never_answers(start_app) -> None:
+    with socket.socket() as silent:  # the kernel completes the connections; nothing answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        app = await start_app(MONGODB_URL=f"mongodb://127.0.0.1:{port}/", DATABASE_TIMEOUT=20000,
+                              DATABASE_STATEMENT_TIMEOUT=20000)
+        started = time.monotonic()
+        health = await app.services.db.health(timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert health["status"] == "fail"
+    assert health["message"].startswith("ping timed out")  # the bound ended it, not a refusal
+    assert elapsed < 3  # the 0.5 s bound, far from DATABASE_TIMEOUT's 20 s even on a loaded machine
+    assert str(port) not in health["message"]
 
 
 # -- the embedded development MongoDB

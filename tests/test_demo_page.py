@@ -1,7 +1,8 @@
 """The demo page and static/mangu-client.js in a real headless Chromium, against server.py
 children and a real MongoDB-protocol server: two readers chat (typing, messages once,
-presence, direct messages), scroll-back, token renewal, the login form, and a server restart
-that the page rides out by itself. Screenshots go to test-artifacts/.
+presence, direct messages), scroll-back, token renewal, the login form, leaving a room, the
+offline badge after an operator's disconnect, and a server restart that the page rides out by
+itself. Screenshots go to test-artifacts/.
 
 The pages log in with tokens signed with the server's JWT secret (tests/support/browser.py,
 ``DemoPage.sign_in``); the login form itself is checked against the REST contract it calls.
@@ -9,8 +10,10 @@ The pages log in with tokens signed with the server's JWT secret (tests/support/
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,6 +238,36 @@ def test_sign_up_log_out_and_log_in_through_the_form(server: ServerProcess, page
     visitor.expect_connected()
     expect(form("#login-error")).to_be_hidden()
     visitor.screenshot("demo-login-phone")
+
+
+def test_leave_button_and_the_offline_badge_after_an_operator_disconnect(server: ServerProcess, pages: Any) -> None:
+    alice = pages().sign_in_with_token(server.url(), "alice", room="book:11")
+    bob = pages(viewport=PHONE).sign_in_with_token(server.url(), "bob", room="book:11")
+    expect(bob.member("alice")).to_have_count(1)
+
+    # Leave: the room goes from alice's page (and stays gone when she comes back); bob sees her go
+    alice.page.locator("#leave").click()
+    expect(alice.page.locator("#view-title")).to_have_text("Pick a room")
+    expect(alice.page.locator("#rooms li")).to_have_count(0)
+    expect(bob.member("alice")).to_have_count(0)
+    alice.page.goto(server.url("/"))  # the page again, without ?room=
+    alice.expect_connected()
+    expect(alice.page.locator("#rooms li")).to_have_count(0)
+
+    # An operator disconnects bob: the badge says offline, the notice says why, and it stays so
+    request = urllib.request.Request(
+        server.url("/api/admin/disconnect"), data=json.dumps({"user_id": "bob"}).encode(), method="POST",
+        headers={"Content-Type": "application/json",
+                 "Authorization": f"Bearer {make_token('root', roles=['admin'])}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.load(answer)["disconnected"] == 1
+    expect(bob.badge).to_have_text("offline")
+    expect(bob.badge).to_have_attribute("data-state", "offline")
+    expect(bob.page.locator("#notice")).to_have_text("You were disconnected by the server.")
+    bob.page.wait_for_timeout(1500)  # longer than the first reconnect delays: it does not come back
+    expect(bob.badge).to_have_text("offline")
+    assert len(bob.sent("join:room")) == 1  # joined once, never again
+    bob.screenshot("demo-disconnected-phone")
 
 
 def test_page_rides_out_a_server_restart_and_shows_what_it_missed_once(

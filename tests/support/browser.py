@@ -7,12 +7,15 @@ machine does not have (it would stall on refused connections).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+from playwright.async_api import Page as AsyncPage
+from playwright.async_api import async_playwright
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.support.procs import ROOT
@@ -42,6 +45,54 @@ def chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+@asynccontextmanager
+async def client_page(base_url: str, user: str, room: str, **options: Any) -> AsyncIterator[AsyncPage]:
+    """A page of ``base_url`` (the demo page, not logged in) with one ManguClient connected as
+    ``user`` and joined to ``room``, through Playwright's async API (for tests whose app runs
+    in their own event loop). In the page: ``window.client``; ``window.states``, every state
+    change as ``[state, code, reason]``; ``window.details``, the same events whole;
+    ``window.shown``, every ``message`` event; ``window.sent``, every frame handed to a
+    socket, parsed. ``options`` go to the ManguClient."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{base_url}/")
+            await page.evaluate("""async ([token, room, options]) => {
+                const { ManguClient } = await import("/static/mangu-client.js");
+                window.sent = [];
+                const send = WebSocket.prototype.send;
+                WebSocket.prototype.send = function (data) {
+                    window.sent.push(JSON.parse(data));
+                    return send.call(this, data);
+                };
+                const client = new ManguClient({ token, ...options });
+                window.states = [];
+                window.details = [];
+                window.shown = [];
+                window.client = client;
+                client.on("state", (detail) => {
+                    window.details.push(detail);
+                    window.states.push([detail.state, detail.code ?? null, detail.reason ?? null]);
+                });
+                client.on("message", (message) => window.shown.push(message));
+                client.connect();
+                await client.join(room);
+            }""", [make_token(user), room, options])
+            yield page
+        finally:
+            await browser.close()
+
+
+async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "") -> Any:
+    """Await until the async ``predicate()`` is true (its value is returned)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (result := await predicate()):
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what or predicate}"
+        await asyncio.sleep(0.05)
+    return result
 
 
 PASSWORD = "correct horse battery staple"

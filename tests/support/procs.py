@@ -20,8 +20,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mangu.config import VARIABLE_NAMES
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+
+
+# Everything server.py reads from its environment: the settings, and systemd's notify and
+# watchdog variables. A child server gets only those its test sets, never the runner's own
+# (a MONGODB_URL exported for the suite, a MANGU_ENV or LOG_LEVEL left in a shell).
+SERVER_VARIABLES = frozenset(VARIABLE_NAMES) | {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+
+def server_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a child server: this process's, less every server setting, plus ``env``."""
+    return {**{k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}, **env}
 
 
 def free_port() -> int:
@@ -167,7 +180,7 @@ class ServerProcess:
 
     def __init__(self, env: dict[str, str], args: list[str] | None = None, cwd: Path = ROOT,
                  launcher: list[str] | None = None) -> None:
-        self.env = {**os.environ, **env}
+        self.env = server_env(env)
         # Each server writes (the embedded MongoDB's files) under a DATA_DIR of its own.
         self._data_dir = None if "DATA_DIR" in env else tempfile.mkdtemp(prefix="mangu-data-")
         if self._data_dir:
@@ -271,6 +284,6 @@ class ServerProcess:
 def run_server_once(env: dict[str, str], args: list[str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
     """Run server.py to completion (for configuration errors, which exit before listening)."""
     return subprocess.run(
-        [PYTHON, "server.py", *(args or [])], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+        [PYTHON, "server.py", *(args or [])], cwd=ROOT, env=server_env(env), capture_output=True,
         text=True, timeout=timeout,
     )
