@@ -17,13 +17,13 @@ from tornado.httpclient import AsyncHTTPClient
 
 from tests.support.api import UNLIMITED, call
 from tests.support.app import TEST_SECRET
-from tests.support.procs import PYTHON, ROOT, ServerProcess
+from tests.support.procs import PYTHON, ROOT, ServerProcess, server_env
 
 PASSWORD = "correct horse battery"
 
 
 def cli(module: str, *args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", module, *args], cwd=ROOT, env={**os.environ, **env}, input=stdin,
+    return subprocess.run([PYTHON, "-m", module, *args], cwd=ROOT, env=server_env(env), input=stdin,
                           capture_output=True, text=True, timeout=60)
 
 
