@@ -211,6 +211,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _child_main(argv: list[str]) -> None:
+    if not argv or not argv[0].isdigit():
+        # Started by EmbeddedMongo only; by hand, nx-27017's own command is the one to use.
+        sys.exit("usage: python -m mangu.embedded_mongo PARENT_PID [nx-27017 options]\n"
+                 "(the child process of the server's embedded MongoDB; it exits with PARENT_PID)")
     _die_with_parent(int(argv[0]))
     # nx-27017 logs every command with its documents at INFO: keep warnings only.
     for name in ("nx_27017", "neosqlite"):
