@@ -179,7 +179,7 @@ class UserStore:
         await delete_by_id(self._db, "users", user_id, _NOT_FOUND)
 
     async def list(self, cursor: str | None = None, limit: int = 50) -> Page:
-        """Users in creation order, a page at a time (``Page.next_cursor`` for the next)."""
+        """Users in id order (creation order, to the second), a page at a time (``Page.next_cursor`` for the next)."""
         fields = Fields()
         after = read_cursor(fields, cursor)
         limit = fields.integer("limit", limit, lo=1, hi=MAX_LIMIT, required=True)
