@@ -435,7 +435,12 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     duration_ms = round(duration * 1000, 2)
     slow = duration_ms >= config.slow_request_threshold
     if status < 400:
-        level = logging.WARNING if slow else logging.INFO
+        if slow:
+            level = logging.WARNING
+        elif getattr(handler, "probe", False) and not config.log_probes:
+            level = logging.DEBUG  # every few seconds from each balancer and scraper: noise at INFO
+        else:
+            level = logging.INFO
     elif status < 500:
         level = logging.WARNING
     else:

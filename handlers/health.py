@@ -1,6 +1,7 @@
 """Operations endpoints: /ping, liveness, readiness, the deep health check and the Prometheus
-metrics. None of them is rate limited (``rate_limit = None``): probes and scrapes must get
-through exactly when the server is under load."""
+metrics. None of them is rate limited: probes and scrapes must get through exactly when the
+server is under load. Their successful answers are access-logged at DEBUG unless LOG_PROBES
+is set (failures and slow answers as any request's)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,23 @@ from handlers.base import APIHandler
 HEALTH_JSON = "application/health+json"
 
 
-class PingHandler(APIHandler):
-    """``GET /ping`` → ``pong`` (text/plain): the cheapest sign of life."""
+class OperationsHandler(APIHandler):
+    """What the operations endpoints share: no rate limit, and quiet access-log lines."""
 
     rate_limit = None
+    probe = True  # a successful answer is access-logged at DEBUG unless LOG_PROBES is set
+
+
+class PingHandler(OperationsHandler):
+    """``GET /ping`` → ``pong`` (text/plain): the cheapest sign of life."""
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.write("pong")
 
 
-class LiveHandler(APIHandler):
+class LiveHandler(OperationsHandler):
     """Liveness: 200 while the event loop answers. It never checks dependencies."""
-
-    rate_limit = None
 
     def get(self) -> None:
         services = self.services
@@ -33,11 +37,9 @@ class LiveHandler(APIHandler):
         )
 
 
-class ReadyHandler(APIHandler):
+class ReadyHandler(OperationsHandler):
     """Readiness: 200 when this process can serve traffic (started, not draining, MongoDB
     up), else 503 with the reason. Redis being down does not make it unready."""
-
-    rate_limit = None
 
     def get(self) -> None:
         ready, reason = self.services.health.readiness()
@@ -45,11 +47,9 @@ class ReadyHandler(APIHandler):
                          "node_id": self.services.node_id}, 200 if ready else 503)
 
 
-class HealthHandler(APIHandler):
+class HealthHandler(OperationsHandler):
     """The deep check: 200 healthy or degraded, 503 unhealthy or unavailable; in the IETF
     health-check format when the client accepts ``application/health+json``."""
-
-    rate_limit = None
 
     async def get(self) -> None:
         health = self.services.health
@@ -62,10 +62,8 @@ class HealthHandler(APIHandler):
             self.write_json(report, status)
 
 
-class MetricsHandler(APIHandler):
+class MetricsHandler(OperationsHandler):
     """Prometheus exposition (OpenMetrics when the Accept header asks for it)."""
-
-    rate_limit = None
 
     def get(self) -> None:
         body, content_type = self.services.metrics.render(self.request.headers.get("Accept"))

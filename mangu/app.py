@@ -83,7 +83,12 @@ _NO_CAP = 1 << 62
 class _Application(tornado.web.Application):
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> HTTPMessageDelegate:
         handler = super().find_handler(request, **kwargs)
-        return _BodyLimit(self, request, handler, self.settings["config"].max_body_size)
+        limit = self.settings["config"].max_body_size
+        headers = request.headers
+        length = headers.get("Content-Length")
+        if "Transfer-Encoding" not in headers and (length is None or (length.isdigit() and int(length) <= limit)):
+            return handler  # no body, or one within the limit: nothing to watch
+        return _BodyLimit(self, request, handler, limit)
 
 
 def make_app(settings: Settings, services: Services) -> tornado.web.Application:

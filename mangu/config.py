@@ -238,6 +238,8 @@ _VARIABLES: tuple[_Var, ...] = (
          "json (one JSON object per line) | pretty (readable, for development)"),
     _Var("LOG_FILE", _log_file, None, "also write logs to this file (reopened on SIGHUP)"),
     _Var("SLOW_REQUEST_THRESHOLD", _int(0, 3_600_000), "1000", "ms after which a request is flagged slow"),
+    _Var("LOG_PROBES", _bool, "false",
+         "access-log successful probes and scrapes (/ping, health, metrics) at INFO; else at DEBUG"),
     # HTTP
     _Var("CLIENT_URL", _origins, "http://localhost:3000", "allowed browser origins, comma separated"),
     _Var("TRUSTED_PROXIES", _networks, "", "proxies whose X-Forwarded-For is believed (IPs or CIDRs)"),
@@ -336,6 +338,7 @@ class Settings:
     log_format: str
     log_file: str | None
     slow_request_threshold: int
+    log_probes: bool
     client_url: tuple[str, ...]
     trusted_proxies: tuple[Any, ...]
     max_body_size: int

@@ -25,7 +25,7 @@ from tests.support.notify import notified_server
 from tests.support.procs import ServerProcess, port_open, wait_until
 from tests.support.ws import WSClient, make_token
 
-BASE = {"MANGU_ENV": "test", "PORT": "0", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+BASE = {"MANGU_ENV": "test", "PORT": "0", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "LOG_PROBES": "true"}
 
 
 def request(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any, http.client.HTTPMessage]:

@@ -13,6 +13,7 @@ import tornado.web
 
 from handlers.base import APIHandler
 from mangu.log import JsonFormatter, PrettyFormatter, bind_context, configure_logging, get_logger, reset_context
+from mangu.services import DRAINING
 from tests.support.app import LogCapture, RunningApp
 
 SECRET = "s3cr3t-value-xyz"
@@ -197,7 +198,7 @@ async def test_traceparent_trace_id_is_logged(app: RunningApp, log_capture: LogC
 
 
 async def test_access_log_fields_and_levels(start_app, log_capture: LogCapture) -> None:
-    app = await start_app(SLOW_REQUEST_THRESHOLD="50", TRUSTED_PROXIES="127.0.0.1")
+    app = await start_app(SLOW_REQUEST_THRESHOLD="50", TRUSTED_PROXIES="127.0.0.1", LOG_PROBES="true")
     add_routes(app)
     await app.fetch("/ping?token=abc&x=1", headers={"User-Agent": "reader-app/1.0", "X-Forwarded-For": "203.0.113.9"})
     await app.fetch("/api/missing")
@@ -217,6 +218,19 @@ async def test_access_log_fields_and_levels(start_app, log_capture: LogCapture) 
     assert SECRET not in json.dumps(error)  # the URL's password is blanked in message and stack
     assert error["exception"]["type"] == "RuntimeError" and "raise RuntimeError" in error["exception"]["stack"]
     assert error["correlation_id"] == boom["correlation_id"]
+
+
+async def test_probes_are_logged_quietly_unless_failing(app: RunningApp, log_capture: LogCapture) -> None:
+    for path in ("/ping", "/api/health/live", "/readyz", "/metrics"):
+        assert (await app.fetch(path)).code == 200
+    app.services.state = DRAINING
+    assert (await app.fetch("/api/health/ready")).code == 503
+    await app.fetch("/api/missing")
+    levels = {line["path"]: line["level"] for line in log_capture.find(logger="mangu.access")}
+    assert levels == {"/ping": "DEBUG", "/api/health/live": "DEBUG", "/readyz": "DEBUG", "/metrics": "DEBUG",
+                      "/api/health/ready": "ERROR", "/api/missing": "WARNING"}
+    requests = await app.fetch("/metrics")
+    assert 'route="/ping",status="200"' in requests.body.decode()  # counted all the same
 
 
 async def test_access_log_names_the_authenticated_user(app: RunningApp, log_capture: LogCapture) -> None:
