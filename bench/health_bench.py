@@ -64,6 +64,7 @@ async def _serve_bare(port: int) -> None:
 async def _serve(port: int) -> None:
     from mangu.app import make_app, make_server
     from mangu.config import load_settings
+    from mangu.lifecycle import settle_heap
     from mangu.log import configure_logging
     from mangu.services import Services
 
@@ -94,6 +95,7 @@ async def _serve(port: int) -> None:
     app.add_handlers(r".*", [(r"/bench-ws", BenchSocket)])
     server = make_server(app, settings)
     server.listen(port, "127.0.0.1")
+    settle_heap()  # as Lifecycle.serve does
     await _until_terminated()
     server.stop()
     await services.close()

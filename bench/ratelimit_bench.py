@@ -55,6 +55,7 @@ def serve(mode: str, port: int, redis_url: str | None) -> None:
 
     from handlers.base import APIHandler
     from mangu.app import make_app, make_server
+    from mangu.lifecycle import settle_heap
     from mangu.config import load_settings
     from mangu.log import configure_logging
     from mangu.services import Services
@@ -99,6 +100,7 @@ def serve(mode: str, port: int, redis_url: str | None) -> None:
         ])
         server = make_server(app, settings)
         server.add_sockets(bind_sockets(port, "127.0.0.1", backlog=1024))
+        settle_heap()  # as Lifecycle.serve does
         await asyncio.Event().wait()
 
     asyncio.run(main())

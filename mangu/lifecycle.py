@@ -9,6 +9,7 @@ systemd, every notification is silently skipped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -104,6 +105,15 @@ class Notifier:
             self._socket = None
 
 
+def settle_heap() -> None:
+    """Move what start-up allocated (modules, settings, services, routes) out of the cyclic
+    collector's reach. Each full collection would otherwise scan it all again: a pause of
+    several milliseconds that lands on whichever requests are waiting, the p99 of every
+    endpoint. Objects are still freed as usual when nothing refers to them."""
+    gc.collect()
+    gc.freeze()
+
+
 def longest_shutdown(settings: Settings) -> float:
     """Seconds a graceful shutdown can last at most with these settings: the readiness
     delay, then the longer of the request timeout and the WebSocket drain (which run side by
@@ -169,6 +179,7 @@ class Lifecycle:
         """Tell systemd the server is ready, wait for SIGTERM / SIGINT, shut down gracefully;
         the exit status (0)."""
         if not self._stop.is_set():
+            settle_heap()
             self._notify("READY=1", f"STATUS={self.status()}")
         await self._stop.wait()
         return await self._shutdown(server)
