@@ -165,10 +165,21 @@ class RateLimiter:
 
     async def take_request(self, tier: str | Policy, key: str) -> Decision:
         """One request against its tier and the burst policy, for ``key`` (``request_key``)."""
+        return await self.take(self._policies_of(tier), (key, key))
+
+    def take_request_now(self, tier: str | Policy, key: str) -> Decision | None:
+        """``take_request`` without waiting, when memory decides (no Redis configured, or in
+        fallback): the hot path of every limited request then costs no coroutine. None while
+        Redis decides: await ``take_request`` then."""
+        if self._on_redis:
+            return None
+        return self._take_memory(self._policies_of(tier), (key, key), 1, False, "redis_down")
+
+    def _policies_of(self, tier: str | Policy) -> tuple[Policy, Policy]:
         policies = self._request_policies.get(tier)
         if policies is None:
             policies = self._request_policies[tier] = (self.tiers.resolve(tier), self.tiers.burst)
-        return await self.take(policies, (key, key))
+        return policies
 
     async def take_auth_attempt(self, client_key: str, username: str) -> Decision:
         """One login attempt: against the auth tier per client (``request_key`` without a
@@ -202,6 +213,10 @@ class RateLimiter:
                 decision = Decision(allowed, policies, quotas, REDIS)
                 self._count(decision)
                 return decision
+        return self._take_memory(policies, keys, cost, fail_closed, reason)
+
+    def _take_memory(self, policies: Sequence[Policy], keys: Sequence[str], cost: int, fail_closed: bool,
+                     reason: str) -> Decision:
         if self.redis_configured:
             if fail_closed:
                 raise RateLimitUnavailable(self._probe_interval)
