@@ -31,8 +31,8 @@ from tests.support.ws import WSClient, make_token
 
 NGINX = "/usr/sbin/nginx"
 HOST = "mangu.example.com"
-SERVER_ENV = {"MANGU_ENV": "test", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "TRUSTED_PROXIES": "127.0.0.1",
-              "JWT_SECRET": TEST_SECRET}
+SERVER_ENV = {"MANGU_ENV": "test", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "LOG_PROBES": "true",
+              "TRUSTED_PROXIES": "127.0.0.1", "JWT_SECRET": TEST_SECRET}
 
 
 def write_certificate(directory: Path) -> None:
