@@ -233,7 +233,7 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("SHUTDOWN_READY_DELAY", _int(0, 600_000), "0",
          "ms readiness answers 503 before the listener closes (for load balancers that poll it)"),
     # logging
-    _Var("LOG_LEVEL", _choice(*LOG_LEVELS, upper=True), "INFO", "minimum level logged"),
+    _Var("LOG_LEVEL", _choice(*LOG_LEVELS, upper=True), LOG_LEVELS[1], "minimum level logged"),
     _Var("LOG_FORMAT", _choice("json", "pretty"), _by_env(development="pretty", default="json"),
          "json (one JSON object per line) | pretty (readable, for development)"),
     _Var("LOG_FILE", _log_file, None, "also write logs to this file (reopened on SIGHUP)"),
@@ -267,7 +267,7 @@ _VARIABLES: tuple[_Var, ...] = (
     _Var("JWT_SECRET", _text, None, "HMAC secret for HS* tokens (32+ bytes in production)"),
     _Var("JWT_PUBLIC_KEY_FILE", _readable_file, None, "PEM public key for RS*/ES* tokens"),
     _Var("JWT_PRIVATE_KEY_FILE", _readable_file, None, "PEM private key to issue RS*/ES* tokens"),
-    _Var("JWT_ALGORITHMS", _algorithms, "HS256", f"accepted algorithms, comma separated: {', '.join(JWT_ALLOWED)}"),
+    _Var("JWT_ALGORITHMS", _algorithms, JWT_ALLOWED[0], f"accepted algorithms, comma separated: {', '.join(JWT_ALLOWED)}"),
     _Var("JWT_ISSUER", _text, None, "required iss claim (unset: not checked)"),
     _Var("JWT_AUDIENCE", _text, None, "required aud claim (unset: not checked)"),
     _Var("JWT_TTL", _int(60, 30 * 86_400), "3600", "seconds a token issued by login lives"),
