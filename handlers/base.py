@@ -293,7 +293,9 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         self._rate_limit_headers = response_headers(self._rate_limit_decisions)
         # Straight into the response's headers: these values are ours, built from numbers and
         # policy names, so set_header's validation of each would be spent on nothing.
-        self._headers.update(self._rate_limit_headers)
+        headers = self._headers
+        for name, value in self._rate_limit_headers.items():
+            headers[name] = value
         if not decision.allowed:
             policy = decision.refused_by
             assert policy is not None
