@@ -34,6 +34,10 @@ T = TypeVar("T")
 
 _SETUP_RETRY_MAX_S = 30.0
 _CLOSE_WAIT_S = 2.0
+# The driver's close ends its sessions (a server selection: up to DATABASE_TIMEOUT), then
+# waits for its monitor tasks; on a loaded host that wait has been seen never to end.
+# Shutdown must end, so the close is bounded: DATABASE_TIMEOUT and this much more.
+_CLIENT_CLOSE_MARGIN_S = 5.0
 _PENDING_COMMANDS_MAX = 10_000  # started commands awaiting their outcome (bounds a leak)
 _ILLEGAL_OPERATION = 20  # server code for "transactions need a replica set or mongos"
 
@@ -277,12 +281,17 @@ class Database:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._client is not None:
-            self._availability.closing = True
-            await self._client.close()
-            self._client = None
-            self._db = None
+        client, self._client, self._db = self._client, None, None
         self._not_started = "closed"
+        if client is not None:
+            self._availability.closing = True
+            bound = self.settings.database_timeout / 1000 + _CLIENT_CLOSE_MARGIN_S
+            try:
+                async with asyncio.timeout(bound):
+                    await client.close()
+            except TimeoutError:
+                log.warning("database client did not finish closing within %.1f s; going on without waiting",
+                            bound, extra={"timeout_ms": round(bound * 1000)})
 
     async def _run_setups(self) -> None:
         """Run every registered set-up once MongoDB answers; retry with backoff on failure."""

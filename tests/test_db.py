@@ -252,6 +252,33 @@ async def test_health_stays_within_its_bound_against_a_server_that_never_answers
     assert str(port) not in health["message"]
 
 
+async def test_close_goes_on_when_the_driver_never_finishes_closing(start_app, log_capture) -> None:
+    # The one stand-in here: the driver's close has been seen to wait for its monitor tasks
+    # forever on a loaded host, which cannot be brought about on demand. So the real close
+    # runs (sessions ended, pool closed) and then never returns, as it did there.
+    app = await start_app(DATABASE_TIMEOUT=1000)
+    db = app.services.db
+    client = db._client
+    real_close = client.close
+
+    async def close_then_never_return() -> None:
+        await real_close()
+        await asyncio.Event().wait()
+
+    client.close = close_then_never_return
+    started = time.monotonic()
+    await db.close()
+    elapsed = time.monotonic() - started
+
+    assert 5.5 < elapsed < 9  # DATABASE_TIMEOUT and 5 s
+    warned = log_capture.find(message="database client did not finish closing within 6.0 s; going on without waiting")
+    assert warned and warned[0]["level"] == "WARNING"
+    with pytest.raises(DatabaseUnavailable, match="closed"):
+        await app.services.messages.history("book:1")
+    await db.close()  # a second close is a no-op, done at once
+    assert time.monotonic() - started - elapsed < 1
+
+
 # -- the embedded development MongoDB
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import time
@@ -55,11 +56,13 @@ class RunningApp:
         return self
 
     async def stop(self) -> None:
+        """Stop serving and close the services; a step that does not finish within
+        STOP_TIMEOUT_S fails the test with the stack of every task still running."""
         if self.server is not None:
             self.server.stop()
-            await self.server.close_all_connections()
+            await _bounded(self.server.close_all_connections(), "closing the HTTP connections")
             self.server = None
-        await self.services.close()
+        await _bounded(self.services.close(), "closing the services")
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -81,6 +84,20 @@ class RunningApp:
             self.url(path), method=method, body=body, headers=headers, raise_error=False,
             allow_nonstandard_methods=True, request_timeout=30, **kwargs,
         )
+
+
+STOP_TIMEOUT_S = 60.0  # beyond the database close's own bound (DATABASE_TIMEOUT + 5 s)
+
+
+async def _bounded(step: Any, what: str) -> None:
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await step
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=12, file=stacks)
+        raise AssertionError(f"{what} took over {STOP_TIMEOUT_S}s; tasks:\n{stacks.getvalue()}") from None
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
