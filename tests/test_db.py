@@ -1,8 +1,8 @@
 """The database layer against a real nx-27017 child (or MONGODB_URL): the driver's pool and
 timeout options, pool bounds and idle close, command timing and the slow-query log,
 transactions (and their refusal by a standalone server), outages at start-up and while
-running (over HTTP too), a health ping bounded against a server that never answers, and the
-embedded development MongoDB."""
+running (over HTTP too), a health ping bounded against a server that never answers, a close
+bounded when the driver does not finish, and the embedded development MongoDB."""
 
 from __future__ import annotations
 
@@ -253,9 +253,10 @@ async def test_health_stays_within_its_bound_against_a_server_that_never_answers
 
 
 async def test_close_goes_on_when_the_driver_never_finishes_closing(start_app, log_capture) -> None:
-    # The one stand-in here: the driver's close has been seen to wait for its monitor tasks
-    # forever on a loaded host, which cannot be brought about on demand. So the real close
-    # runs (sessions ended, pool closed) and then never returns, as it did there.
+    # The one stand-in here: in one CI run the driver's close, after ending its sessions,
+    # waited for its monitor tasks past the test's 300 s limit, which cannot be brought
+    # about on demand. So the real close runs (sessions ended, pool closed) and then never
+    # returns, as it did there.
     app = await start_app(DATABASE_TIMEOUT=1000)
     db = app.services.db
     client = db._client
