@@ -169,10 +169,17 @@ class MaguHandlerMixin:
         self.clear_header("Server")
         self.set_security_headers()
         self.set_header("X-Correlation-Id", self.correlation_id)
-        if self.services.draining:
-            # Also for a request whose headers were read just before the shutdown began
-            # (Tornado decides keep-alive then): the client takes its next request elsewhere.
-            self.set_header("Connection", "close")
+
+    def flush(self, include_footers: bool = False) -> Any:
+        headers = self._headers  # type: ignore[attr-defined]
+        written = self._headers_written  # type: ignore[attr-defined]
+        if self.services.draining and not written and "Connection" not in headers:
+            # Decided as the response's fields go out, not when the request arrived: a request
+            # that was read before the shutdown began (Tornado decides keep-alive then) but is
+            # answered during it also tells the client to take its next request elsewhere.
+            # A WebSocket upgrade has set its own "Connection: Upgrade".
+            headers["Connection"] = "close"
+        return super().flush(include_footers)  # type: ignore[misc]
 
     def set_security_headers(self) -> None:
         for name, value in _SECURITY_HEADERS.items():

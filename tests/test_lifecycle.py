@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from mangu.services import DRAINING
-from tests.support.app import TEST_SECRET, RunningApp, json_body
+from tests.support.app import TEST_SECRET, RunningApp, eventually, json_body
 from tests.support.notify import notified_server
 from tests.support.procs import ServerProcess, port_open, wait_until
 from tests.support.ws import WSClient, make_token
@@ -228,8 +228,14 @@ def poll_ready(port: int) -> tuple[int, Any, http.client.HTTPMessage] | None:
     return answer if answer[0] == 503 else None
 
 
-def test_requests_past_the_shutdown_timeout_are_cut_and_the_process_still_exits_0() -> None:
-    server = ServerProcess({**BASE, "SHUTDOWN_TIMEOUT": "500"}).start()
+def test_requests_past_the_shutdown_timeout_are_cut_and_the_process_still_exits_0(
+    mongo_url: str, mongo_db: str
+) -> None:
+    # The session's MongoDB, not an embedded one: stopping that child may take up to its own
+    # 5 s bound, which is not what this test times.
+    server = ServerProcess({
+        **BASE, "MONGODB_URL": mongo_url, "MONGODB_DB": mongo_db, "SHUTDOWN_TIMEOUT": "500",
+    }).start()
     outcome: list[Any] = []
     thread = threading.Thread(target=lambda: outcome.append(catch(get, server.port, "/_test/slow?ms=20000", 30)))
     try:
@@ -285,6 +291,18 @@ async def test_readiness_is_503_once_draining(app: RunningApp) -> None:
     response = await app.fetch("/api/health/ready")
     assert response.code == 503
     assert json_body(response)["reason"] == "draining"
+
+
+async def test_a_request_answered_after_draining_began_closes_its_connection(app: RunningApp) -> None:
+    # http.client asks for keep-alive (HTTP/1.1 with no Connection field); Tornado's client would not.
+    status, _, headers = await asyncio.to_thread(request, app.port, "/_test/slow?ms=0")
+    assert status == 200 and headers["Connection"] is None  # kept alive while serving
+    in_flight = asyncio.ensure_future(asyncio.to_thread(request, app.port, "/_test/slow?ms=400"))
+    await eventually(lambda: app.services.in_flight.count == 1, what="the request to be in flight")
+    app.services.state = DRAINING  # the shutdown begins while it is being served
+    status, body, headers = await in_flight
+    assert (status, body) == (200, {"slept_ms": 400})
+    assert headers["Connection"] == "close"  # its next request goes elsewhere
 
 
 async def test_test_only_endpoints_are_404_outside_the_test_environment(start_app, mongo_url: str) -> None:
