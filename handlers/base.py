@@ -173,7 +173,7 @@ class MaguHandlerMixin:
     def flush(self, include_footers: bool = False) -> Any:
         headers = self._headers  # type: ignore[attr-defined]
         written = self._headers_written  # type: ignore[attr-defined]
-        if self.services.draining and not written and "Connection" not in headers:
+        if not written and self.services.draining and "Connection" not in headers:
             # Decided as the response's fields go out, not when the request arrived: a request
             # that was read before the shutdown began (Tornado decides keep-alive then) but is
             # answered during it also tells the client to take its next request elsewhere.
