@@ -13,6 +13,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerRequest
 
+from mangu import http1
 from mangu.config import Settings
 from mangu.services import Services
 
@@ -118,7 +119,8 @@ def make_app(settings: Settings, services: Services) -> tornado.web.Application:
 
 def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     """The HTTP server for ``app``, with the limits every listener of this server has."""
-    return HTTPServer(
+    server_class = http1.Server if http1.SUPPORTED else HTTPServer  # see mangu/http1.py
+    return server_class(
         app,
         # Bodies over MAX_BODY_SIZE never reach this cap: _BodyLimit answers them with a JSON
         # 413 first (Tornado's own answer would be a bare 400).

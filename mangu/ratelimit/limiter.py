@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
@@ -53,6 +54,8 @@ class Decision:
     policies: Sequence[Policy]  # as enforced (divided while answering from memory)
     quotas: Sequence[Quota]
     backend: str
+    # the RateLimit-Policy field's value for ``policies``, when the limiter has it ready
+    policy_field: str = ""
 
     @property
     def primary(self) -> tuple[Policy, Quota]:
@@ -100,7 +103,12 @@ class RateLimiter:
         self._trusted_proxies = settings.trusted_proxies
         self._client_keys: dict[tuple[str, str | None], str] = {}
         self._request_policies: dict[str | Policy, tuple[Policy, Policy]] = {}
-        self._decision_counters: dict[tuple[str, str], object] = {}
+        self._decision_counters: dict[tuple[str, str], Any] = {}
+        self._memory_plans: dict[str | Policy, tuple[tuple[Policy, Policy], str, Any]] = {}
+        # memory answers while Redis is configured are fallback answers, counted as such
+        self._fallback_answers = (
+            metrics.ratelimit_memory_answers.labels(reason="redis_down") if self.redis_configured else None
+        )
         metrics.ratelimit_memory_buckets.set_function(self._memory.__len__)
         self._show_backend()
 
@@ -173,13 +181,44 @@ class RateLimiter:
         Redis decides: await ``take_request`` then."""
         if self._on_redis:
             return None
-        return self._take_memory(self._policies_of(tier), (key, key), 1, False, "redis_down")
+        # _take_memory for the request's two buckets, unrolled: this runs on every request.
+        plan = self._memory_plans.get(tier)
+        if plan is None:
+            plan = self._memory_plan(tier)
+        if self._fallback_answers is not None:
+            self._fallback_answers.inc()
+        policies, field, allowed_count = plan
+        policy, burst = policies
+        allowed, quotas = self._memory.take(
+            ((f"{policy.name}:{key}", policy.limit, policy.window_ms), (f"burst:{key}", burst.limit, burst.window_ms))
+        )
+        decision = Decision(allowed, policies, quotas, MEMORY, field)
+        if allowed:
+            allowed_count.inc()
+        else:
+            self._count(decision)
+        return decision
 
     def _policies_of(self, tier: str | Policy) -> tuple[Policy, Policy]:
         policies = self._request_policies.get(tier)
         if policies is None:
             policies = self._request_policies[tier] = (self.tiers.resolve(tier), self.tiers.burst)
         return policies
+
+    def _memory_plan(self, tier: str | Policy) -> tuple[tuple[Policy, Policy], str, Any]:
+        """What a memory take for ``tier`` needs, worked out once: the policies as enforced
+        here (their share of the limit in a cluster), their RateLimit-Policy field and the
+        counter of the tier's allowed decisions."""
+        policy, burst = self._policies_of(tier)
+        if self._processes > 1:
+            policy, burst = self._share(policy), self._share(burst)
+        if len(self._memory_plans) > 1024:  # custom policies are few; never let this grow
+            self._memory_plans.clear()
+        plan = self._memory_plans[tier] = (
+            (policy, burst), f"{policy.header_item}, {burst.header_item}",
+            self._decision_counter(policy.name, "allowed"),
+        )
+        return plan
 
     async def take_auth_attempt(self, client_key: str, username: str) -> Decision:
         """One login attempt: against the auth tier per client (``request_key`` without a
@@ -238,13 +277,15 @@ class RateLimiter:
 
     def _count(self, decision: Decision) -> None:
         if decision.allowed:
-            key = (decision.policies[0].name, "allowed")
+            self._decision_counter(decision.policies[0].name, "allowed").inc()
         else:
-            key = (decision.refused_by.name, "limited")  # type: ignore[union-attr]
-        counter = self._decision_counters.get(key)
+            self._decision_counter(decision.refused_by.name, "limited").inc()  # type: ignore[union-attr]
+
+    def _decision_counter(self, policy: str, outcome: str) -> Any:
+        counter = self._decision_counters.get((policy, outcome))
         if counter is None:
-            counter = self._decision_counters[key] = self._metrics.ratelimit_decisions.labels(*key)
-        counter.inc()  # type: ignore[attr-defined]
+            counter = self._decision_counters[policy, outcome] = self._metrics.ratelimit_decisions.labels(policy, outcome)
+        return counter
 
     # -- failover
 
