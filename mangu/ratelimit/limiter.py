@@ -284,7 +284,8 @@ class RateLimiter:
     def _decision_counter(self, policy: str, outcome: str) -> Any:
         counter = self._decision_counters.get((policy, outcome))
         if counter is None:
-            counter = self._decision_counters[policy, outcome] = self._metrics.ratelimit_decisions.labels(policy, outcome)
+            counter = self._metrics.ratelimit_decisions.labels(policy, outcome)
+            self._decision_counters[policy, outcome] = counter
         return counter
 
     # -- failover
