@@ -1,8 +1,8 @@
 """The HTTP/1.1 server: Tornado's, with a response-header writer that costs less per field.
 
 Tornado's ``HTTP1Connection.write_headers`` formats, encodes and regex-checks each field line
-on its own: about 2 µs of the server's time per line, on every response (a limited API
-response carries about twenty). ``_Connection`` writes the same bytes with one join, one
+on its own (the regex alone about 2,400 instructions per line under cachegrind), on every
+response (a limited API response carries about twenty). ``_Connection`` writes the same bytes with one join, one
 encode and one count of CR and LF over the whole block; everything else (keep-alive,
 chunking, the expected body length) is Tornado's logic, unchanged.
 
