@@ -2,9 +2,9 @@
 
 Tornado's ``HTTP1Connection.write_headers`` formats, encodes and regex-checks each field line
 on its own (the regex alone about 2,400 instructions per line under cachegrind), on every
-response (a limited API response carries about twenty). ``_Connection`` writes the same bytes with one join, one
-encode and one count of CR and LF over the whole block; everything else (keep-alive,
-chunking, the expected body length) is Tornado's logic, unchanged.
+response (a limited API response carries about twenty). ``_Connection`` writes the same
+bytes with one join, one encode and one count of CR and LF over the whole block; everything
+else (keep-alive, chunking, the expected body length) is Tornado's logic, unchanged.
 
 It relies on ``HTTP1Connection``'s private state: ``make_server`` uses it only on the Tornado
 versions in ``SUPPORTED_TORNADO`` (Tornado's own server otherwise), and

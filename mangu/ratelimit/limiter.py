@@ -190,7 +190,7 @@ class RateLimiter:
         policies, field, allowed_count = plan
         policy, burst = policies
         allowed, quotas = self._memory.take(
-            ((f"{policy.name}:{key}", policy.limit, policy.window_ms), (f"burst:{key}", burst.limit, burst.window_ms))
+            ((f"{policy.name}:{key}", policy.limit, policy.window_ms), (f"{burst.name}:{key}", burst.limit, burst.window_ms))
         )
         decision = Decision(allowed, policies, quotas, MEMORY, field)
         if allowed:
