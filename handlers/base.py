@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import tornado.web
 
-from mangu import cors
+from mangu import cors, http1
 from mangu.auth import AuthError, Principal
 from mangu.clientip import client_ip
 from mangu.db import DatabaseUnavailable
 from mangu.log import bind_context, redact_text
 from mangu.ratelimit import Decision, Policy, RateLimitUnavailable
-from mangu.ratelimit.headers import response_headers, retry_after_seconds
+from mangu.ratelimit.headers import field_lines, response_headers, retry_after_seconds
 from mangu.store.errors import Conflict, NotFound, ValidationError
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class MaguHandlerMixin:
     current_user_id: str | None = None
     _correlation_id: str | None = None
     _in_flight = False
-    _rate_limit_headers: dict[str, str] = {}  # replaced per request (APIHandler), never mutated
+    _rate_limit_decisions: tuple[Decision, ...] = ()  # this request's (APIHandler), in order
 
     def __init__(self, application: Any, request: Any, route: str = "unmatched", **kwargs: Any) -> None:
         self.route = route
@@ -206,8 +206,12 @@ class MaguHandlerMixin:
             exc, status_code = mapped, mapped.status_code
             self.set_status(status_code)
         error: dict[str, Any] = {"status": status_code}
-        for name, value in self._rate_limit_headers.items():  # send_error cleared them
-            self.set_header(name, value)
+        if self._rate_limit_decisions:  # send_error cleared the fields: they go in HTTPHeaders now
+            connection = self.request.connection  # type: ignore[attr-defined]
+            if isinstance(connection, http1.Connection):
+                connection.extra_field_lines = ""
+            for name, value in response_headers(self._rate_limit_decisions).items():
+                self.set_header(name, value)
         if isinstance(exc, APIError):
             error.update(code=exc.code, message=exc.message, **exc.extra)
             for name, value in exc.headers.items():
@@ -258,8 +262,6 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
 
     # -- rate limiting (mangu.ratelimit): the handler's tier on every request, the auth tier on demand
 
-    _rate_limit_decisions: tuple[Decision, ...] = ()
-
     async def prepare(self) -> None:
         """Enforce this handler's rate-limit tier and the burst policy: 429 when spent.
 
@@ -270,9 +272,11 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         if self.rate_limit is None or not limiter.enabled or self.request.method == "OPTIONS":
             return
         request = self.request
-        user = self.current_user if "Authorization" in request.headers else None
+        headers = request.headers
+        user = self.current_user if "Authorization" in headers else None
+        # get_list and a join: what headers.get gives (several lines joined by commas), in fewer calls
         key = limiter.request_key(user.user_id if user else None, request.remote_ip,
-                                  request.headers.get("X-Forwarded-For"))
+                                  ",".join(headers.get_list("X-Forwarded-For")) or None)
         decision = limiter.take_request_now(self.rate_limit, key)
         if decision is None:
             decision = await limiter.take_request(self.rate_limit, key)
@@ -296,21 +300,29 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         self._apply_rate_limit(decision)
 
     def _apply_rate_limit(self, decision: Decision) -> None:
-        self._rate_limit_decisions += (decision,)
-        self._rate_limit_headers = response_headers(self._rate_limit_decisions)
-        # Straight into the response's headers: these values are ours, built from numbers and
-        # policy names, so set_header's validation of each would be spent on nothing.
-        headers = self._headers
-        for name, value in self._rate_limit_headers.items():
-            headers[name] = value
+        decisions = self._rate_limit_decisions = self._rate_limit_decisions + (decision,)
         if not decision.allowed:
             policy = decision.refused_by
             assert policy is not None
             retry = retry_after_seconds(decision)
+            # write_error sets the rate-limit fields, after send_error has cleared the others
             raise APIError(
                 429, "rate_limited", f"too many requests ({policy.name} limit); retry in {retry}s",
                 headers={"Retry-After": str(retry)}, policy=policy.name, retry_after=retry,
             )
+        connection = self.request.connection
+        if isinstance(connection, http1.Connection):
+            if len(decisions) == 1 and decision.policy_field:
+                # The common case, one allowed request decision: this server's connection
+                # writes its fields from ready lines (mangu.http1).
+                connection.extra_field_lines = field_lines(decision)
+                return
+            connection.extra_field_lines = ""  # a later decision: the fields are those of all of them
+        # Straight into the response's headers: these values are ours, built from numbers and
+        # policy names, so set_header's validation of each would be spent on nothing.
+        headers = self._headers
+        for name, value in response_headers(decisions).items():
+            headers[name] = value
 
     # -- CORS (mangu.cors): the CLIENT_URL origins may call the API from a browser
 

@@ -2,9 +2,15 @@
 
 Tornado's ``HTTP1Connection.write_headers`` formats, encodes and regex-checks each field line
 on its own (the regex alone about 2,400 instructions per line under cachegrind), on every
-response (a limited API response carries about twenty). ``_Connection`` writes the same
+response (a limited API response carries about twenty). ``Connection`` writes the same
 bytes with one join, one encode and one count of CR and LF over the whole block; everything
 else (keep-alive, chunking, the expected body length) is Tornado's logic, unchanged.
+
+A handler may also give the connection field lines of its own, already formatted
+(``Connection.extra_field_lines``): the rate-limit fields of an allowed request, five per
+response, which ``mangu.ratelimit.headers.field_lines`` builds from numbers and policy names
+only. They go out after the others, as they are; every other field goes through
+``HTTPHeaders`` and the CR/LF check.
 
 It relies on ``HTTP1Connection``'s private state: ``make_server`` uses it only on the Tornado
 versions in ``SUPPORTED_TORNADO`` (Tornado's own server otherwise), and
@@ -30,8 +36,13 @@ SUPPORTED_TORNADO = ((6, 5),)
 SUPPORTED = tuple(tornado.version_info[:2]) in SUPPORTED_TORNADO
 
 
-class _Connection(HTTP1Connection):
+class Connection(HTTP1Connection):
     """One request/response exchange of a server connection."""
+
+    # Field lines written after the fields of ``headers``, each ending in CRLF; set by the
+    # handler answering this request (a connection object serves one request). Never from
+    # input: they are not checked for CR or LF.
+    extra_field_lines = ""
 
     def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders,
                       chunk: bytes | None = None) -> Future[None]:
@@ -67,7 +78,7 @@ class _Connection(HTTP1Connection):
         status_line = "HTTP/1.1 %d %s" % (code, start_line.reason)
         if "\r" in status_line or "\n" in status_line:
             raise ValueError("Illegal characters (CR or LF) in header: %r" % utf8(status_line))
-        data = utf8(status_line) + b"\r\n" + _field_block(headers)
+        data = utf8(status_line) + b"\r\n" + _field_block(headers, self.extra_field_lines)
         if self.stream.closed():
             future = self._write_future = Future()
             future.set_exception(iostream.StreamClosedError())
@@ -81,8 +92,9 @@ class _Connection(HTTP1Connection):
         return future
 
 
-def _field_block(headers: httputil.HTTPHeaders) -> bytes:
-    """The field lines and the blank line after them, as Tornado writes them.
+def _field_block(headers: httputil.HTTPHeaders, extra_lines: str = "") -> bytes:
+    """The field lines and the blank line after them, as Tornado writes them, with
+    ``extra_lines`` (already formatted and trusted) after those of ``headers``.
 
     Each line adds exactly one CR and one LF; any more means a name or value carries one,
     which would split the response, so it is refused as Tornado refuses it.
@@ -93,16 +105,16 @@ def _field_block(headers: httputil.HTTPHeaders) -> bytes:
     if block.count("\n") != len(lines) or block.count("\r") != len(lines):
         bad = next(line for line in lines if line.count("\n") + line.count("\r") != 2)
         raise ValueError("Illegal characters (CR or LF) in header: %r" % bad[:-2].encode("latin1", "replace"))
-    return block.encode("latin1") + b"\r\n"
+    return (block + extra_lines).encode("latin1") + b"\r\n"
 
 
 class _ServerConnection(HTTP1ServerConnection):
-    """Tornado's request loop (``HTTP1ServerConnection._server_request_loop``), with ``_Connection``."""
+    """Tornado's request loop (``HTTP1ServerConnection._server_request_loop``), with ``Connection``."""
 
     async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
         try:
             while True:
-                conn = _Connection(self.stream, False, self.params, self.context)
+                conn = Connection(self.stream, False, self.params, self.context)
                 request_delegate = delegate.start_request(self, conn)
                 try:
                     ret = await conn.read_response(request_delegate)
@@ -124,7 +136,7 @@ class _ServerConnection(HTTP1ServerConnection):
 
 
 class Server(HTTPServer):
-    """``HTTPServer`` whose connections write response fields with ``_Connection``."""
+    """``HTTPServer`` whose connections write response fields with ``Connection``."""
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
         context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)

@@ -137,3 +137,10 @@ def test_a_field_with_cr_or_lf_is_refused(name: str, value: str) -> None:
     with pytest.raises(ValueError, match="Illegal characters"):
         http1._field_block(headers)
     assert http1._field_block(HTTPHeaders({"X-Ok": "a, b"})) == b"X-Ok: a, b\r\n\r\n"
+
+
+def test_a_handlers_ready_field_lines_follow_the_others() -> None:
+    # Connection.extra_field_lines (the rate-limit fields of an allowed request) go out as given,
+    # after the fields of HTTPHeaders and before the blank line.
+    assert http1._field_block(HTTPHeaders({"X-Ok": "1"}), "X-Ready: 2\r\nX-Also: 3\r\n") == (
+        b"X-Ok: 1\r\nX-Ready: 2\r\nX-Also: 3\r\n\r\n")

@@ -120,6 +120,61 @@ async def test_error_responses_of_a_limited_endpoint_carry_the_headers(start_lim
         assert "X-RateLimit-Remaining" in response.headers and "RateLimit" in response.headers
 
 
+async def test_a_response_after_two_decisions_carries_the_fields_of_both_once(start_limited: Callable[..., Any]) -> None:
+    # A limited endpoint that also counts a login attempt: the fields list all four buckets, and
+    # the X-RateLimit-* trio describes the last decision (the auth tier), each field once.
+    app = await start_limited()
+    response = await app.fetch("/test/tiered-attempt", method="POST", body={"username": "alice"})
+    assert response.code == 200
+    fields = response.headers
+    assert fields.get_list("RateLimit-Policy") == [
+        '"general";q=100;w=900, "burst";q=10;w=1, "auth";q=5;w=900, "auth_user";q=10;w=900']
+    assert re.fullmatch(r'"general";r=99;t=\d+, "burst";r=9;t=1, "auth";r=4;t=\d+, "auth_user";r=9;t=\d+',
+                        fields["RateLimit"])
+    assert (fields.get_list("X-RateLimit-Limit"), fields.get_list("X-RateLimit-Remaining")) == (["5"], ["4"])
+    assert len(fields.get_list("X-RateLimit-Reset")) == 1
+
+
+async def test_the_fields_are_the_same_through_tornados_own_server(start_limited: Callable[..., Any]) -> None:
+    # This server's connection writes an allowed request's fields from ready lines
+    # (mangu.http1); Tornado's own server, used on other Tornado versions, gets them through
+    # HTTPHeaders. The same fields either way (after the others, here), each once.
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    app = await start_limited(TRUSTED_PROXIES="127.0.0.1")
+    tornados = HTTPServer(app.app)
+    sockets = bind_sockets(0, "127.0.0.1")
+    tornados.add_sockets(sockets)
+
+    async def fields(port: int, client: str) -> list[tuple[str, str]]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /test/general HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        head = (await asyncio.wait_for(reader.read(-1), 10)).split(b"\r\n\r\n", 1)[0].decode("latin1")
+        writer.close()
+        lines = head.split("\r\n")
+        assert lines[0] == "HTTP/1.1 200 OK"
+        return [tuple(line.split(": ", 1)) for line in lines[1:]]  # type: ignore[misc]
+
+    try:
+        for client in ("198.51.100.1", "198.51.100.2"):  # a new bucket, then one seen before
+            ours = await fields(app.port, client)
+            theirs = await fields(sockets[0].getsockname()[1], client.replace("198.51", "203.0"))
+            # The date, the correlation id and the reset time (whole seconds from now) may differ.
+            varying = {"Date", "X-Correlation-Id", "X-Ratelimit-Reset"}
+            assert sorted(f for f in ours if f[0] not in varying) == sorted(f for f in theirs if f[0] not in varying)
+            names = [name for name, _ in ours]
+            for name in ("Ratelimit-Policy", "Ratelimit", "X-Ratelimit-Limit", "X-Ratelimit-Remaining",
+                         "X-Ratelimit-Reset"):
+                assert names.count(name) == 1, name
+            reset = {int(value) for fields_ in (ours, theirs) for name, value in fields_ if name == "X-Ratelimit-Reset"}
+            assert max(reset) - min(reset) <= 1
+    finally:
+        tornados.stop()
+        await tornados.close_all_connections()
+
+
 async def test_auth_tier_counts_per_ip_and_per_username(start_limited: Callable[..., Any]) -> None:
     app = await start_limited(TRUSTED_PROXIES="127.0.0.1")
 

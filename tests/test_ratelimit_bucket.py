@@ -77,3 +77,29 @@ def test_memory_sweeps_buckets_that_have_refilled_once_half_full() -> None:
     for i in range(10):  # above half full, each new bucket sweeps two full ones
         store.take([(f"burst:ip:new{i}", 10, 1000)])
     assert len(store) == 60 + 10 - 20
+
+
+def test_take_two_answers_as_take_does() -> None:
+    # The request path's unrolled take of two buckets against the general one, step by step on
+    # two stores: new buckets, allowed takes, refusals by either bucket, refills, a capacity
+    # that changes (a policy divided in fallback), a key that comes back after eviction.
+    import random
+
+    rng = random.Random(7)
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    general, unrolled = MemoryBuckets(max_keys=6, clock=clock), MemoryBuckets(max_keys=6, clock=clock)
+    outcomes = set()
+    for _ in range(5000):
+        now[0] += rng.choice((0.0, 0.0, 0.01, 0.3, 2.0))
+        client = rng.randrange(4)
+        window = (f"general:{client}", rng.choice((5, 5, 5, 2)), 10_000)
+        burst = (f"burst:{client}", 3, 1000)
+        cost = rng.choice((1, 1, 1, 2))
+        expected = general.take([window, burst], cost)
+        got = unrolled.take_two(*window, *burst, cost)
+        assert got == (expected[0], tuple(expected[1]))
+        assert all(type(quota) is type(expected[1][0]) for quota in got[1])
+        outcomes.add(got[0])
+    assert outcomes == {True, False}
+    assert list(unrolled._buckets) == list(general._buckets)  # the same recency order, the same evictions

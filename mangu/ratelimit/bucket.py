@@ -132,6 +132,44 @@ class MemoryBuckets:
             self._sweep(now)
         return allowed, quotas
 
+    def take_two(self, key1: str, capacity1: float, window1_ms: int, key2: str, capacity2: float, window2_ms: int,
+                 cost: float = 1) -> tuple[bool, tuple[Quota, ...]]:
+        """``take`` of two buckets (a request's tier and burst buckets), unrolled: the same
+        answers, for less work on the path every limited request takes.
+
+        Only an allowed take of two buckets that exist is worked out here; anything else
+        (a new bucket, a changed capacity, a refusal) is left to ``take``.
+        """
+        store = self._buckets
+        first = store.get(key1)
+        second = store.get(key2)
+        if first is not None and second is not None and first.capacity == capacity1 and second.capacity == capacity2:
+            now = self._clock()
+            store.move_to_end(key1)
+            store.move_to_end(key2)
+            # TokenBucket.refill of each, inlined
+            elapsed = now - first.stamp
+            if elapsed > 0:
+                tokens = first.tokens + elapsed * first.rate
+                first.tokens = tokens if tokens < first.capacity else first.capacity
+                first.stamp = now
+            elapsed = now - second.stamp
+            if elapsed > 0:
+                tokens = second.tokens + elapsed * second.rate
+                second.tokens = tokens if tokens < second.capacity else second.capacity
+                second.stamp = now
+            tokens1 = first.tokens
+            tokens2 = second.tokens
+            if tokens1 >= cost and tokens2 >= cost and first is not second:
+                tokens1 = first.tokens = tokens1 - cost
+                tokens2 = second.tokens = tokens2 - cost
+                return True, (
+                    _new_quota(Quota, (int(tokens1), (first.capacity - tokens1) / first.rate, 0.0)),
+                    _new_quota(Quota, (int(tokens2), (second.capacity - tokens2) / second.rate, 0.0)),
+                )
+        allowed, quotas = self.take(((key1, capacity1, window1_ms), (key2, capacity2, window2_ms)), cost)
+        return allowed, tuple(quotas)
+
     def _insert(self, key: str, capacity: int, window_ms: int, now: float) -> TokenBucket:
         store = self._buckets
         bucket = store[key] = TokenBucket(capacity, capacity * 1000 / window_ms, now)

@@ -13,8 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
@@ -23,7 +22,7 @@ from redis.retry import Retry
 
 from mangu.clientip import client_ip
 from mangu.config import Settings
-from mangu.metrics import Metrics
+from mangu.metrics import Metrics, Tally
 from mangu.ratelimit.bucket import MemoryBuckets, Quota
 from mangu.ratelimit.keys import ip_key, user_key, username_key
 from mangu.ratelimit.policies import Policy, Tiers
@@ -46,8 +45,7 @@ class RateLimitUnavailable(Exception):
         self.retry_after = retry_after
 
 
-@dataclass(slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The answer to one take: allowed or not, and each bucket's quota, in the order asked."""
 
     allowed: bool
@@ -79,6 +77,24 @@ class Decision:
         return max(quota.retry_after for quota in self.quotas)
 
 
+_new_decision = tuple.__new__  # Decision(...) without NamedTuple's __new__ in Python, on the hot path
+
+
+class _MemoryPlan(NamedTuple):
+    """A tier's memory take, worked out once (``RateLimiter._memory_plan``)."""
+
+    policies: tuple[Policy, Policy]  # the tier's and the burst policy, as enforced here
+    policy_field: str  # their RateLimit-Policy value
+    allowed: Tally  # the count of the tier's allowed decisions
+    # the buckets: key prefix, capacity, window in ms
+    prefix: str
+    capacity: float
+    window_ms: int
+    burst_prefix: str
+    burst_capacity: float
+    burst_window_ms: int
+
+
 class RateLimiter:
     """Takes from token buckets by policy and key, with failover between Redis and memory."""
 
@@ -103,8 +119,7 @@ class RateLimiter:
         self._trusted_proxies = settings.trusted_proxies
         self._client_keys: dict[tuple[str, str | None], str] = {}
         self._request_policies: dict[str | Policy, tuple[Policy, Policy]] = {}
-        self._decision_counters: dict[tuple[str, str], Any] = {}
-        self._memory_plans: dict[str | Policy, tuple[tuple[Policy, Policy], str, Any]] = {}
+        self._memory_plans: dict[str | Policy, _MemoryPlan] = {}
         # memory answers while Redis is configured are fallback answers, counted as such
         self._fallback_answers = (
             metrics.ratelimit_memory_answers.labels(reason="redis_down") if self.redis_configured else None
@@ -187,14 +202,11 @@ class RateLimiter:
             plan = self._memory_plan(tier)
         if self._fallback_answers is not None:
             self._fallback_answers.inc()
-        policies, field, allowed_count = plan
-        policy, burst = policies
-        allowed, quotas = self._memory.take(
-            ((f"{policy.name}:{key}", policy.limit, policy.window_ms), (f"{burst.name}:{key}", burst.limit, burst.window_ms))
-        )
-        decision = Decision(allowed, policies, quotas, MEMORY, field)
+        policies, field, allowed_count, prefix1, capacity1, window1, prefix2, capacity2, window2 = plan
+        allowed, quotas = self._memory.take_two(prefix1 + key, capacity1, window1, prefix2 + key, capacity2, window2)
+        decision = _new_decision(Decision, (allowed, policies, quotas, MEMORY, field))
         if allowed:
-            allowed_count.inc()
+            allowed_count.value += 1
         else:
             self._count(decision)
         return decision
@@ -205,18 +217,19 @@ class RateLimiter:
             policies = self._request_policies[tier] = (self.tiers.resolve(tier), self.tiers.burst)
         return policies
 
-    def _memory_plan(self, tier: str | Policy) -> tuple[tuple[Policy, Policy], str, Any]:
+    def _memory_plan(self, tier: str | Policy) -> _MemoryPlan:
         """What a memory take for ``tier`` needs, worked out once: the policies as enforced
-        here (their share of the limit in a cluster), their RateLimit-Policy field and the
-        counter of the tier's allowed decisions."""
+        here (their share of the limit in a cluster), their RateLimit-Policy field, the
+        counter of the tier's allowed decisions and each bucket's key prefix and size."""
         policy, burst = self._policies_of(tier)
         if self._processes > 1:
             policy, burst = self._share(policy), self._share(burst)
         if len(self._memory_plans) > 1024:  # custom policies are few; never let this grow
             self._memory_plans.clear()
-        plan = self._memory_plans[tier] = (
+        plan = self._memory_plans[tier] = _MemoryPlan(
             (policy, burst), f"{policy.header_item}, {burst.header_item}",
             self._decision_counter(policy.name, "allowed"),
+            f"{policy.name}:", float(policy.limit), policy.window_ms, f"{burst.name}:", float(burst.limit), burst.window_ms,
         )
         return plan
 
@@ -277,16 +290,12 @@ class RateLimiter:
 
     def _count(self, decision: Decision) -> None:
         if decision.allowed:
-            self._decision_counter(decision.policies[0].name, "allowed").inc()
+            self._decision_counter(decision.policies[0].name, "allowed").value += 1
         else:
-            self._decision_counter(decision.refused_by.name, "limited").inc()  # type: ignore[union-attr]
+            self._decision_counter(decision.refused_by.name, "limited").value += 1  # type: ignore[union-attr]
 
-    def _decision_counter(self, policy: str, outcome: str) -> Any:
-        counter = self._decision_counters.get((policy, outcome))
-        if counter is None:
-            counter = self._metrics.ratelimit_decisions.labels(policy, outcome)
-            self._decision_counters[policy, outcome] = counter
-        return counter
+    def _decision_counter(self, policy: str, outcome: str) -> Tally:
+        return self._metrics.ratelimit_decisions.labels(policy, outcome)
 
     # -- failover
 

@@ -37,12 +37,21 @@ class LoginAttemptHandler(APIHandler):
         raise APIError(401, "invalid_credentials", "wrong username or password")
 
 
+class TieredAttemptHandler(APIHandler):
+    """On the general tier, and counts an auth attempt too: two decisions for one response."""
+
+    async def post(self) -> None:
+        await self.limit_auth_attempt(self.get_json_body()["username"])
+        self.write_json({"ok": True})
+
+
 ROUTES = {
     "/test/general": GeneralHandler,
     "/test/strict": StrictHandler,
     "/test/export": ExportHandler,
     "/test/refusing": RefusingHandler,
     "/test/login": LoginAttemptHandler,
+    "/test/tiered-attempt": TieredAttemptHandler,
 }
 
 
