@@ -120,7 +120,8 @@ async def test_error_responses_of_a_limited_endpoint_carry_the_headers(start_lim
         assert "X-RateLimit-Remaining" in response.headers and "RateLimit" in response.headers
 
 
-async def test_a_response_after_two_decisions_carries_the_fields_of_both_once(start_limited: Callable[..., Any]) -> None:
+async def test_a_response_after_two_decisions_carries_the_fields_of_both_once(
+        start_limited: Callable[..., Any]) -> None:
     # A limited endpoint that also counts a login attempt: the fields list all four buckets, and
     # the X-RateLimit-* trio describes the last decision (the auth tier), each field once.
     app = await start_limited()

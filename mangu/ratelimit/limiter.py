@@ -229,7 +229,8 @@ class RateLimiter:
         plan = self._memory_plans[tier] = _MemoryPlan(
             (policy, burst), f"{policy.header_item}, {burst.header_item}",
             self._decision_counter(policy.name, "allowed"),
-            f"{policy.name}:", float(policy.limit), policy.window_ms, f"{burst.name}:", float(burst.limit), burst.window_ms,
+            f"{policy.name}:", float(policy.limit), policy.window_ms,
+            f"{burst.name}:", float(burst.limit), burst.window_ms,
         )
         return plan
 
