@@ -32,20 +32,6 @@ def retry_after_seconds(decision: Decision) -> int:
 
 def response_headers(decisions: Sequence[Decision], now: float | None = None) -> dict[str, str]:
     """The fields for a response after ``decisions`` (in the order they were taken)."""
-    now = time.time() if now is None else now
-    if len(decisions) == 1 and decisions[0].policy_field:
-        # A request's own decision (its tier and burst, RateLimit-Policy ready): the hot path.
-        decision = decisions[0]
-        (first, second), (q1, q2) = decision.policies, decision.quotas
-        policy, quota = (first, q1) if decision.allowed else decision.primary
-        return {
-            "RateLimit-Policy": decision.policy_field,
-            "RateLimit": f'"{first.name}";r={q1.remaining};t={math.ceil(q1.reset)}, '
-                         f'"{second.name}";r={q2.remaining};t={math.ceil(q2.reset)}',
-            "X-RateLimit-Limit": str(policy.limit),
-            "X-RateLimit-Remaining": str(quota.remaining),
-            "X-RateLimit-Reset": str(math.ceil(now + quota.reset)),
-        }
     policies = []
     quotas = []
     for decision in decisions:
@@ -53,6 +39,7 @@ def response_headers(decisions: Sequence[Decision], now: float | None = None) ->
             policies.append(policy.header_item)
             quotas.append(f'"{policy.name}";r={quota.remaining};t={math.ceil(quota.reset)}')
     policy, quota = decisions[-1].primary
+    now = time.time() if now is None else now
     return {
         "RateLimit-Policy": ", ".join(policies),
         "RateLimit": ", ".join(quotas),
