@@ -17,7 +17,7 @@ from mangu.clientip import client_ip
 from mangu.db import DatabaseUnavailable
 from mangu.log import bind_context, redact_text
 from mangu.ratelimit import Decision, Policy, RateLimitUnavailable
-from mangu.ratelimit.headers import field_lines, response_headers, retry_after_seconds
+from mangu.ratelimit.headers import response_headers, retry_after_seconds
 from mangu.store.errors import Conflict, NotFound, ValidationError
 
 if TYPE_CHECKING:
@@ -312,10 +312,10 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
             )
         connection = self.request.connection
         if isinstance(connection, http1.Connection):
-            if len(decisions) == 1 and decision.policy_field:
-                # The common case, one allowed request decision: this server's connection
-                # writes its fields from ready lines (mangu.http1).
-                connection.extra_field_lines = field_lines(decision)
+            if len(decisions) == 1 and decision.field_lines:
+                # The common case, one allowed request decision that came with its fields as
+                # ready lines: this server's connection writes them (mangu.http1).
+                connection.extra_field_lines = decision.field_lines
                 return
             connection.extra_field_lines = ""  # a later decision: the fields are those of all of them
         # Straight into the response's headers: these values are ours, built from numbers and

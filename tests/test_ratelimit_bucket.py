@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 
@@ -79,27 +80,49 @@ def test_memory_sweeps_buckets_that_have_refilled_once_half_full() -> None:
     assert len(store) == 60 + 10 - 20
 
 
-def test_take_two_answers_as_take_does() -> None:
-    # The request path's unrolled take of two buckets against the general one, step by step on
-    # two stores: new buckets, allowed takes, refusals by either bucket, refills, a capacity
-    # that changes (a policy divided in fallback), a key that comes back after eviction.
+def test_the_limiters_request_path_answers_as_take_does() -> None:
+    # RateLimiter.take_request_now works out an allowed take of two existing buckets itself;
+    # step by step against MemoryBuckets.take on a store of its own: new buckets, allowed
+    # takes, refusals by either bucket, refills, several clients and tiers, a key that comes
+    # back after eviction, and a limit divided among processes (fallback in a cluster).
     import random
+
+    from mangu.config import load_settings
+    from mangu.metrics import Metrics
+    from mangu.ratelimit.headers import response_headers
+    from mangu.ratelimit.limiter import RateLimiter
 
     rng = random.Random(7)
     now = [0.0]
     clock = lambda: now[0]  # noqa: E731
-    general, unrolled = MemoryBuckets(max_keys=6, clock=clock), MemoryBuckets(max_keys=6, clock=clock)
-    outcomes = set()
-    for _ in range(5000):
-        now[0] += rng.choice((0.0, 0.0, 0.01, 0.3, 2.0))
-        client = rng.randrange(4)
-        window = (f"general:{client}", rng.choice((5, 5, 5, 2)), 10_000)
-        burst = (f"burst:{client}", 3, 1000)
-        cost = rng.choice((1, 1, 1, 2))
-        expected = general.take([window, burst], cost)
-        got = unrolled.take_two(*window, *burst, cost)
-        assert got == (expected[0], tuple(expected[1]))
-        assert all(type(quota) is type(expected[1][0]) for quota in got[1])
-        outcomes.add(got[0])
-    assert outcomes == {True, False}
-    assert list(unrolled._buckets) == list(general._buckets)  # the same recency order, the same evictions
+    settings = load_settings({
+        "JWT_SECRET": "x" * 32, "RATE_LIMIT_MAX": "10", "RATE_LIMIT_WINDOW": "10000", "RATE_LIMIT_STRICT_MAX": "4",
+        "RATE_LIMIT_BURST": "6", "RATE_LIMIT_PROCESSES": "2", "RATE_LIMIT_MEMORY_MAX_KEYS": "100",
+    })
+    limiter = RateLimiter(settings, Metrics(version="test"), clock=clock)
+    reference = MemoryBuckets(max_keys=100, clock=clock)
+    tiers = {"general": limiter.tiers.resolve("general"), "strict": limiter.tiers.resolve("strict")}
+    burst = limiter.tiers.burst.divided(2)
+    outcomes = Counter()
+    for step in range(20_000):
+        now[0] += rng.choice((0.0, 0.0, 0.001, 0.03, 0.2))
+        # a few busy clients, and from time to time many more (a store over its 100 keys)
+        clients = 4 if step % 5000 < 4000 else 80
+        client, tier = f"ip:10.0.0.{rng.randrange(clients)}", rng.choice(("general", "strict"))
+        policy = tiers[tier].divided(2)
+        expected_allowed, expected_quotas = reference.take([
+            (f"{tier}:{client}", policy.limit, policy.window_ms), (f"burst:{client}", burst.limit, burst.window_ms),
+        ])
+        decision = limiter.take_request_now(tier, client)
+        assert decision is not None
+        assert (decision.allowed, tuple(decision.quotas)) == (expected_allowed, tuple(expected_quotas))
+        assert [p.limit for p in decision.policies] == [policy.limit, burst.limit]
+        if decision.field_lines:  # the fields response_headers gives, as lines
+            assert decision.allowed
+            fields = dict(line.split(": ", 1) for line in decision.field_lines.split("\r\n")[:-1])
+            wanted = response_headers([decision], now=int(fields["X-Ratelimit-Reset"]) - decision.quotas[0].reset)
+            assert fields == {name.title(): value for name, value in wanted.items()}
+        outcomes[decision.allowed, bool(decision.field_lines)] += 1
+    # every path was taken: worked out in one step, left to take and allowed, refused
+    assert set(outcomes) == {(True, True), (True, False), (False, False)}
+    assert list(limiter._memory.buckets) == list(reference.buckets)  # the same recency order, the same evictions

@@ -84,12 +84,14 @@ class MemoryBuckets:
         self.max_keys = max_keys
         # Below half full, a full bucket is kept: finding it again is cheaper than a new one.
         self._sweep_above = max_keys // 2
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        # By key, least recently used first. RateLimiter.take_request_now updates two of them
+        # in place as ``take`` does (the same refill, recency order and take), on its hot path.
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._on_evict = on_evict
         self._clock = clock
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        return len(self.buckets)
 
     def take(self, buckets: Sequence[tuple[str, int, int]], cost: float = 1,
              now: float | None = None) -> tuple[bool, list[Quota]]:
@@ -100,7 +102,7 @@ class MemoryBuckets:
         """
         if now is None:
             now = self._clock()
-        store = self._buckets
+        store = self.buckets
         found = []
         allowed = True
         inserted = False
@@ -132,46 +134,8 @@ class MemoryBuckets:
             self._sweep(now)
         return allowed, quotas
 
-    def take_two(self, key1: str, capacity1: float, window1_ms: int, key2: str, capacity2: float, window2_ms: int,
-                 cost: float = 1) -> tuple[bool, tuple[Quota, ...]]:
-        """``take`` of two buckets (a request's tier and burst buckets), unrolled: the same
-        answers, for less work on the path every limited request takes.
-
-        Only an allowed take of two buckets that exist is worked out here; anything else
-        (a new bucket, a changed capacity, a refusal) is left to ``take``.
-        """
-        store = self._buckets
-        first = store.get(key1)
-        second = store.get(key2)
-        if first is not None and second is not None and first.capacity == capacity1 and second.capacity == capacity2:
-            now = self._clock()
-            store.move_to_end(key1)
-            store.move_to_end(key2)
-            # TokenBucket.refill of each, inlined
-            elapsed = now - first.stamp
-            if elapsed > 0:
-                tokens = first.tokens + elapsed * first.rate
-                first.tokens = tokens if tokens < first.capacity else first.capacity
-                first.stamp = now
-            elapsed = now - second.stamp
-            if elapsed > 0:
-                tokens = second.tokens + elapsed * second.rate
-                second.tokens = tokens if tokens < second.capacity else second.capacity
-                second.stamp = now
-            tokens1 = first.tokens
-            tokens2 = second.tokens
-            if tokens1 >= cost and tokens2 >= cost and first is not second:
-                tokens1 = first.tokens = tokens1 - cost
-                tokens2 = second.tokens = tokens2 - cost
-                return True, (
-                    _new_quota(Quota, (int(tokens1), (first.capacity - tokens1) / first.rate, 0.0)),
-                    _new_quota(Quota, (int(tokens2), (second.capacity - tokens2) / second.rate, 0.0)),
-                )
-        allowed, quotas = self.take(((key1, capacity1, window1_ms), (key2, capacity2, window2_ms)), cost)
-        return allowed, tuple(quotas)
-
     def _insert(self, key: str, capacity: int, window_ms: int, now: float) -> TokenBucket:
-        store = self._buckets
+        store = self.buckets
         bucket = store[key] = TokenBucket(capacity, capacity * 1000 / window_ms, now)
         if len(store) > self.max_keys:
             store.popitem(last=False)
@@ -182,7 +146,7 @@ class MemoryBuckets:
     def _sweep(self, now: float) -> None:
         # The oldest buckets are the likeliest to have refilled; a full bucket is as good as
         # none, so dropping it changes no answer.
-        store = self._buckets
+        store = self.buckets
         for _ in range(self._SWEEP_PER_INSERT):
             oldest = next(iter(store))
             if store[oldest].full_at() > now:

@@ -8,9 +8,10 @@ fields, one item per bucket consulted) and the widely used ``X-RateLimit-*`` tri
 The ``X-RateLimit-*`` fields describe one bucket: the one that refused, else the first of
 the last decision (the endpoint's tier, or the auth tier after a login attempt).
 
-``response_headers`` gives the fields as a dict for ``HTTPHeaders``; ``field_lines`` gives
-those of the common case (one allowed request decision) as ready field lines, which the
-server's connection (``mangu.http1``) writes after the others: the same lines, for less work.
+``response_headers`` gives the fields as a dict for ``HTTPHeaders``. In the common case (one
+allowed request decision, answered from memory) the limiter gives them as ready field lines
+(``Decision.field_lines``, from ``field_line_parts``), which the server's connection
+(``mangu.http1``) writes after the others: the same lines, for less work.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from mangu.ratelimit.limiter import Decision
+from mangu.ratelimit.policies import Policy
 
-_ceil = math.ceil
-_wall = time.time
+if TYPE_CHECKING:  # the limiter builds field lines with field_line_parts
+    from mangu.ratelimit.limiter import Decision
 
 
 def retry_after_seconds(decision: Decision) -> int:
@@ -49,37 +51,18 @@ def response_headers(decisions: Sequence[Decision], now: float | None = None) ->
     }
 
 
-def field_lines(decision: Decision, now: float | None = None) -> str:
-    """``response_headers`` of one allowed request decision (its tier and burst, RateLimit-Policy
-    ready), as field lines: CRLF after each, names as Tornado writes them (Http-Header-Case).
+def field_line_parts(policy: Policy, burst: Policy) -> tuple[str, str, str]:
+    """What the field lines of an allowed request decision (``policy`` then ``burst``) have
+    the same every time, for ``RateLimiter.take_request_now`` to fill in: the text before the
+    first bucket's remaining tokens, between the two buckets' items, and before
+    ``X-RateLimit-Remaining``'s value. The lines are ``response_headers``, CRLF after each,
+    names as Tornado writes them (Http-Header-Case), in the order of ``response_headers``.
 
     The values are numbers and policy names (lowercase words, see ``Policy``), so no line
     can carry a CR or LF of its own.
     """
-    parts = _line_parts.get(decision.policy_field)
-    if parts is None:
-        parts = _fixed_parts(decision)
-    head, between, limit = parts
-    q1, q2 = decision.quotas
-    remaining = str(q1.remaining)
-    reset = q1.reset
     return (
-        f"{head}{remaining};t={_ceil(reset)}{between}{q2.remaining};t={_ceil(q2.reset)}\r\n"
-        f"{limit}{remaining}\r\nX-Ratelimit-Reset: {_ceil((_wall() if now is None else now) + reset)}\r\n"
+        f"Ratelimit-Policy: {policy.header_item}, {burst.header_item}\r\nRatelimit: \"{policy.name}\";r=",
+        f', "{burst.name}";r=',
+        f"X-Ratelimit-Limit: {policy.limit}\r\nX-Ratelimit-Remaining: ",
     )
-
-
-# What field_lines writes the same for every decision of a tier, by its RateLimit-Policy value
-_line_parts: dict[str, tuple[str, str, str]] = {}
-
-
-def _fixed_parts(decision: Decision) -> tuple[str, str, str]:
-    if len(_line_parts) > 1024:  # tiers are few; never let this grow
-        _line_parts.clear()
-    first, second = decision.policies
-    parts = _line_parts[decision.policy_field] = (
-        f'Ratelimit-Policy: {decision.policy_field}\r\nRatelimit: "{first.name}";r=',
-        f', "{second.name}";r=',
-        f"X-Ratelimit-Limit: {first.limit}\r\nX-Ratelimit-Remaining: ",
-    )
-    return parts

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from redis.asyncio import Redis
@@ -23,7 +23,8 @@ from redis.retry import Retry
 from mangu.clientip import client_ip
 from mangu.config import Settings
 from mangu.metrics import Metrics, Tally
-from mangu.ratelimit.bucket import MemoryBuckets, Quota
+from mangu.ratelimit.bucket import MemoryBuckets, Quota, _new_quota
+from mangu.ratelimit.headers import field_line_parts
 from mangu.ratelimit.keys import ip_key, user_key, username_key
 from mangu.ratelimit.policies import Policy, Tiers
 from mangu.ratelimit.redis import Overloaded, RedisBuckets, RedisUnavailable
@@ -35,6 +36,8 @@ REDIS, MEMORY = "redis", "memory"
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _CLIENT_KEY_CACHE = 16_384  # client addresses whose bucket key is remembered
 _RARE_LOG_INTERVAL = 60.0  # seconds between warnings about one lasting condition
+_ceil = math.ceil
+_wall = time.time
 
 
 class RateLimitUnavailable(Exception):
@@ -52,8 +55,9 @@ class Decision(NamedTuple):
     policies: Sequence[Policy]  # as enforced (divided while answering from memory)
     quotas: Sequence[Quota]
     backend: str
-    # the RateLimit-Policy field's value for ``policies``, when the limiter has it ready
-    policy_field: str = ""
+    # The response's rate-limit fields as ready field lines (``mangu.http1``), when the limiter
+    # made them: for an allowed request decision answered from memory (``take_request_now``).
+    field_lines: str = ""
 
     @property
     def primary(self) -> tuple[Policy, Quota]:
@@ -84,7 +88,6 @@ class _MemoryPlan(NamedTuple):
     """A tier's memory take, worked out once (``RateLimiter._memory_plan``)."""
 
     policies: tuple[Policy, Policy]  # the tier's and the burst policy, as enforced here
-    policy_field: str  # their RateLimit-Policy value
     allowed: Tally  # the count of the tier's allowed decisions
     # the buckets: key prefix, capacity, window in ms
     prefix: str
@@ -93,12 +96,16 @@ class _MemoryPlan(NamedTuple):
     burst_prefix: str
     burst_capacity: float
     burst_window_ms: int
+    # what the field lines of an allowed decision have the same every time (headers.field_line_parts)
+    lines_head: str
+    lines_between: str
+    lines_limit: str
 
 
 class RateLimiter:
     """Takes from token buckets by policy and key, with failover between Redis and memory."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
         self.enabled = settings.rate_limit_enabled
         self.tiers = Tiers(settings)
         self._settings = settings
@@ -107,7 +114,8 @@ class RateLimiter:
         self._auth_fail_closed = settings.rate_limit_auth_fail_closed
         self._timeout = settings.rate_limit_redis_timeout / 1000
         self._probe_interval = settings.rate_limit_probe_interval / 1000
-        self._memory = MemoryBuckets(settings.rate_limit_memory_max_keys, on_evict=self._evicted)
+        self._memory = MemoryBuckets(settings.rate_limit_memory_max_keys, on_evict=self._evicted, clock=clock)
+        self._clock = clock
         self._redis: RedisBuckets | None = None
         self._on_redis = False
         self._closing = False
@@ -193,22 +201,62 @@ class RateLimiter:
     def take_request_now(self, tier: str | Policy, key: str) -> Decision | None:
         """``take_request`` without waiting, when memory decides (no Redis configured, or in
         fallback): the hot path of every limited request then costs no coroutine. None while
-        Redis decides: await ``take_request`` then."""
+        Redis decides: await ``take_request`` then.
+
+        An allowed take of two buckets that exist is worked out here in one step, field
+        lines included (``Decision.field_lines``); anything else (a new bucket, a changed
+        capacity, a refusal) goes to ``MemoryBuckets.take``, which answers alike.
+        """
         if self._on_redis:
             return None
-        # _take_memory for the request's two buckets, unrolled: this runs on every request.
         plan = self._memory_plans.get(tier)
         if plan is None:
             plan = self._memory_plan(tier)
         if self._fallback_answers is not None:
             self._fallback_answers.inc()
-        policies, field, allowed_count, prefix1, capacity1, window1, prefix2, capacity2, window2 = plan
-        allowed, quotas = self._memory.take_two(prefix1 + key, capacity1, window1, prefix2 + key, capacity2, window2)
-        decision = _new_decision(Decision, (allowed, policies, quotas, MEMORY, field))
-        if allowed:
-            allowed_count.value += 1
-        else:
-            self._count(decision)
+        policies, allowed_count, prefix1, capacity1, window1, prefix2, capacity2, window2, head, between, limit = plan
+        key1 = prefix1 + key
+        key2 = prefix2 + key
+        store = self._memory.buckets
+        first = store.get(key1)
+        second = store.get(key2)
+        if first is not None and second is not None and first.capacity == capacity1 and second.capacity == capacity2:
+            # MemoryBuckets.take of these two, unrolled: the refill (TokenBucket.refill) of each ...
+            now = self._clock()
+            elapsed = now - first.stamp
+            if elapsed > 0:
+                tokens = first.tokens + elapsed * first.rate
+                first.tokens = tokens if tokens < capacity1 else capacity1
+                first.stamp = now
+            elapsed = now - second.stamp
+            if elapsed > 0:
+                tokens = second.tokens + elapsed * second.rate
+                second.tokens = tokens if tokens < capacity2 else capacity2
+                second.stamp = now
+            tokens1 = first.tokens
+            tokens2 = second.tokens
+            if tokens1 >= 1 and tokens2 >= 1 and first is not second:
+                # ... and a take from both, when both have a token.
+                store.move_to_end(key1)
+                store.move_to_end(key2)
+                tokens1 = first.tokens = tokens1 - 1
+                tokens2 = second.tokens = tokens2 - 1
+                allowed_count.value += 1
+                remaining1 = int(tokens1)
+                remaining2 = int(tokens2)
+                reset1 = (capacity1 - tokens1) / first.rate
+                reset2 = (capacity2 - tokens2) / second.rate
+                # headers.response_headers of this decision, as field lines
+                lines = (
+                    f"{head}{remaining1};t={_ceil(reset1)}{between}{remaining2};t={_ceil(reset2)}\r\n"
+                    f"{limit}{remaining1}\r\nX-Ratelimit-Reset: {_ceil(_wall() + reset1)}\r\n"
+                )
+                return _new_decision(Decision, (True, policies, (
+                    _new_quota(Quota, (remaining1, reset1, 0.0)), _new_quota(Quota, (remaining2, reset2, 0.0)),
+                ), MEMORY, lines))
+        allowed, quotas = self._memory.take(((key1, capacity1, window1), (key2, capacity2, window2)))
+        decision = Decision(allowed, policies, quotas, MEMORY)
+        self._count(decision)
         return decision
 
     def _policies_of(self, tier: str | Policy) -> tuple[Policy, Policy]:
@@ -219,18 +267,18 @@ class RateLimiter:
 
     def _memory_plan(self, tier: str | Policy) -> _MemoryPlan:
         """What a memory take for ``tier`` needs, worked out once: the policies as enforced
-        here (their share of the limit in a cluster), their RateLimit-Policy field, the
-        counter of the tier's allowed decisions and each bucket's key prefix and size."""
+        here (their share of the limit in a cluster), the counter of the tier's allowed
+        decisions, each bucket's key prefix and size, and the fixed parts of the field lines."""
         policy, burst = self._policies_of(tier)
         if self._processes > 1:
             policy, burst = self._share(policy), self._share(burst)
         if len(self._memory_plans) > 1024:  # custom policies are few; never let this grow
             self._memory_plans.clear()
         plan = self._memory_plans[tier] = _MemoryPlan(
-            (policy, burst), f"{policy.header_item}, {burst.header_item}",
-            self._decision_counter(policy.name, "allowed"),
+            (policy, burst), self._decision_counter(policy.name, "allowed"),
             f"{policy.name}:", float(policy.limit), policy.window_ms,
             f"{burst.name}:", float(burst.limit), burst.window_ms,
+            *field_line_parts(policy, burst),
         )
         return plan
 
