@@ -280,6 +280,13 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         decision = limiter.take_request_now(self.rate_limit, key)
         if decision is None:
             decision = await limiter.take_request(self.rate_limit, key)
+        connection = request.connection
+        if decision.field_lines and isinstance(connection, http1.Connection):
+            # The common case: an allowed decision that came with its fields as ready lines,
+            # which this server's connection writes (mangu.http1).
+            self._rate_limit_decisions = (decision,)
+            connection.extra_field_lines = decision.field_lines
+            return
         self._apply_rate_limit(decision)
 
     async def limit_auth_attempt(self, username: str) -> None:
@@ -312,12 +319,7 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
             )
         connection = self.request.connection
         if isinstance(connection, http1.Connection):
-            if len(decisions) == 1 and decision.field_lines:
-                # The common case, one allowed request decision that came with its fields as
-                # ready lines: this server's connection writes them (mangu.http1).
-                connection.extra_field_lines = decision.field_lines
-                return
-            connection.extra_field_lines = ""  # a later decision: the fields are those of all of them
+            connection.extra_field_lines = ""  # an earlier decision's: the fields are those of all of them now
         # Straight into the response's headers: these values are ours, built from numbers and
         # policy names, so set_header's validation of each would be spent on nothing.
         headers = self._headers

@@ -106,6 +106,7 @@ class RateLimiter:
     """Takes from token buckets by policy and key, with failover between Redis and memory."""
 
     def __init__(self, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: seconds on a monotonic clock, for the memory buckets."""
         self.enabled = settings.rate_limit_enabled
         self.tiers = Tiers(settings)
         self._settings = settings
@@ -221,31 +222,29 @@ class RateLimiter:
         first = store.get(key1)
         second = store.get(key2)
         if first is not None and second is not None and first.capacity == capacity1 and second.capacity == capacity2:
-            # MemoryBuckets.take of these two, unrolled: the refill (TokenBucket.refill) of each ...
+            # MemoryBuckets.take of these two, unrolled: the refill of each (TokenBucket.refill;
+            # the clock is monotonic, so no time has passed at worst) ...
             now = self._clock()
-            elapsed = now - first.stamp
-            if elapsed > 0:
-                tokens = first.tokens + elapsed * first.rate
-                first.tokens = tokens if tokens < capacity1 else capacity1
-                first.stamp = now
-            elapsed = now - second.stamp
-            if elapsed > 0:
-                tokens = second.tokens + elapsed * second.rate
-                second.tokens = tokens if tokens < capacity2 else capacity2
-                second.stamp = now
-            tokens1 = first.tokens
-            tokens2 = second.tokens
+            rate1 = first.rate
+            rate2 = second.rate
+            tokens1 = first.tokens + (now - first.stamp) * rate1
+            if tokens1 > capacity1:
+                tokens1 = capacity1
+            tokens2 = second.tokens + (now - second.stamp) * rate2
+            if tokens2 > capacity2:
+                tokens2 = capacity2
             if tokens1 >= 1 and tokens2 >= 1 and first is not second:
-                # ... and a take from both, when both have a token.
+                # ... and a take from both, when both have a token (else take decides).
                 store.move_to_end(key1)
                 store.move_to_end(key2)
-                tokens1 = first.tokens = tokens1 - 1
-                tokens2 = second.tokens = tokens2 - 1
+                first.tokens = tokens1 = tokens1 - 1
+                second.tokens = tokens2 = tokens2 - 1
+                first.stamp = second.stamp = now
                 allowed_count.value += 1
                 remaining1 = int(tokens1)
                 remaining2 = int(tokens2)
-                reset1 = (capacity1 - tokens1) / first.rate
-                reset2 = (capacity2 - tokens2) / second.rate
+                reset1 = (capacity1 - tokens1) / rate1
+                reset2 = (capacity2 - tokens2) / rate2
                 # headers.response_headers of this decision, as field lines
                 lines = (
                     f"{head}{remaining1};t={_ceil(reset1)}{between}{remaining2};t={_ceil(reset2)}\r\n"
