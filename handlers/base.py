@@ -274,12 +274,13 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         request = self.request
         headers = request.headers
         user = self.current_user if "Authorization" in headers else None
+        user_id = user.user_id if user else None
+        peer = request.remote_ip
         # get_list and a join: what headers.get gives (several lines joined by commas), in fewer calls
-        key = limiter.request_key(user.user_id if user else None, request.remote_ip,
-                                  ",".join(headers.get_list("X-Forwarded-For")) or None)
-        decision = limiter.take_request_now(self.rate_limit, key)
+        forwarded_for = ",".join(headers.get_list("X-Forwarded-For")) or None
+        decision = limiter.take_request_now(self.rate_limit, user_id, peer, forwarded_for)
         if decision is None:
-            decision = await limiter.take_request(self.rate_limit, key)
+            decision = await limiter.take_request(self.rate_limit, limiter.request_key(user_id, peer, forwarded_for))
         connection = request.connection
         if decision.field_lines and isinstance(connection, http1.Connection):
             # The common case: an allowed decision that came with its fields as ready lines,

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from mangu.ratelimit import Policy, TokenBucket
-from mangu.ratelimit.bucket import MemoryBuckets
+from mangu.ratelimit.bucket import MemoryBuckets, Quota
 
 
 def test_bucket_allows_capacity_then_says_when_to_retry() -> None:
@@ -108,14 +108,17 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
         now[0] += rng.choice((0.0, 0.0, 0.001, 0.03, 0.2))
         # a few busy clients, and from time to time many more (a store over its 100 keys)
         clients = 4 if step % 5000 < 4000 else 80
-        client, tier = f"ip:10.0.0.{rng.randrange(clients)}", rng.choice(("general", "strict"))
+        address, tier = f"10.0.0.{rng.randrange(clients)}", rng.choice(("general", "strict"))
+        user_id = "u1" if rng.random() < 0.1 else None  # a signed-in user: keyed by user id
+        client = f"user:{user_id}" if user_id else f"ip:{address}"
         policy = tiers[tier].divided(2)
         expected_allowed, expected_quotas = reference.take([
             (f"{tier}:{client}", policy.limit, policy.window_ms), (f"burst:{client}", burst.limit, burst.window_ms),
         ])
-        decision = limiter.take_request_now(tier, client)
+        decision = limiter.take_request_now(tier, user_id, address, None)
         assert decision is not None
         assert (decision.allowed, tuple(decision.quotas)) == (expected_allowed, tuple(expected_quotas))
+        assert all(type(quota) is Quota for quota in decision.quotas)
         assert [p.limit for p in decision.policies] == [policy.limit, burst.limit]
         if decision.field_lines:  # the fields response_headers gives, as lines
             assert decision.allowed

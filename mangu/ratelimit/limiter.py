@@ -23,7 +23,7 @@ from redis.retry import Retry
 from mangu.clientip import client_ip
 from mangu.config import Settings
 from mangu.metrics import Metrics, Tally
-from mangu.ratelimit.bucket import MemoryBuckets, Quota, _new_quota
+from mangu.ratelimit.bucket import MemoryBuckets, Quota
 from mangu.ratelimit.headers import field_line_parts
 from mangu.ratelimit.keys import ip_key, user_key, username_key
 from mangu.ratelimit.policies import Policy, Tiers
@@ -84,6 +84,19 @@ class Decision(NamedTuple):
 _new_decision = tuple.__new__  # Decision(...) without NamedTuple's __new__ in Python, on the hot path
 
 
+class _ReadyDecision(Decision):
+    """An allowed decision of ``RateLimiter.take_request_now`` (field lines ready): it holds
+    the two buckets' tokens and reset times, and makes its ``Quota`` objects only when asked
+    (a later decision, an error response), which most requests never do."""
+
+    __slots__ = ()
+
+    @property
+    def quotas(self) -> tuple[Quota, Quota]:  # type: ignore[override]
+        tokens1, reset1, tokens2, reset2 = tuple.__getitem__(self, 2)
+        return Quota(int(tokens1), reset1, 0.0), Quota(int(tokens2), reset2, 0.0)
+
+
 class _MemoryPlan(NamedTuple):
     """A tier's memory take, worked out once (``RateLimiter._memory_plan``)."""
 
@@ -100,6 +113,8 @@ class _MemoryPlan(NamedTuple):
     lines_head: str
     lines_between: str
     lines_limit: str
+    # the two bucket keys by client address (peer, X-Forwarded-For), as request_key makes them
+    bucket_keys: dict[tuple[str, str | None], tuple[str, str]]
 
 
 class RateLimiter:
@@ -199,10 +214,12 @@ class RateLimiter:
         """One request against its tier and the burst policy, for ``key`` (``request_key``)."""
         return await self.take(self._policies_of(tier), (key, key))
 
-    def take_request_now(self, tier: str | Policy, key: str) -> Decision | None:
+    def take_request_now(self, tier: str | Policy, user_id: str | None, peer: str,
+                         forwarded_for: str | None) -> Decision | None:
         """``take_request`` without waiting, when memory decides (no Redis configured, or in
         fallback): the hot path of every limited request then costs no coroutine. None while
-        Redis decides: await ``take_request`` then.
+        Redis decides: await ``take_request`` then. The request's key is the one
+        ``request_key`` gives for the same arguments.
 
         An allowed take of two buckets that exist is worked out here in one step, field
         lines included (``Decision.field_lines``); anything else (a new bucket, a changed
@@ -215,9 +232,20 @@ class RateLimiter:
             plan = self._memory_plan(tier)
         if self._fallback_answers is not None:
             self._fallback_answers.inc()
-        policies, allowed_count, prefix1, capacity1, window1, prefix2, capacity2, window2, head, between, limit = plan
-        key1 = prefix1 + key
-        key2 = prefix2 + key
+        (policies, allowed_count, prefix1, capacity1, window1, prefix2, capacity2, window2,
+         head, between, limit, bucket_keys) = plan
+        if user_id is None:
+            # The bucket keys of a client address, remembered: they come as the very strings
+            # the store holds (no concatenation, no hashing, the first comparison a match).
+            client = (peer, forwarded_for)
+            keys = bucket_keys.get(client)
+            if keys is None:
+                keys = self._bucket_keys(plan, client)
+            key1, key2 = keys
+        else:
+            key = user_key(user_id)
+            key1 = prefix1 + key
+            key2 = prefix2 + key
         store = self._memory.buckets
         first = store.get(key1)
         second = store.get(key2)
@@ -241,22 +269,27 @@ class RateLimiter:
                 second.tokens = tokens2 = tokens2 - 1
                 first.stamp = second.stamp = now
                 allowed_count.value += 1
-                remaining1 = int(tokens1)
-                remaining2 = int(tokens2)
                 reset1 = (capacity1 - tokens1) / rate1
                 reset2 = (capacity2 - tokens2) / rate2
                 # headers.response_headers of this decision, as field lines
+                remaining1 = int(tokens1)
                 lines = (
-                    f"{head}{remaining1};t={_ceil(reset1)}{between}{remaining2};t={_ceil(reset2)}\r\n"
+                    f"{head}{remaining1};t={_ceil(reset1)}{between}{int(tokens2)};t={_ceil(reset2)}\r\n"
                     f"{limit}{remaining1}\r\nX-Ratelimit-Reset: {_ceil(_wall() + reset1)}\r\n"
                 )
-                return _new_decision(Decision, (True, policies, (
-                    _new_quota(Quota, (remaining1, reset1, 0.0)), _new_quota(Quota, (remaining2, reset2, 0.0)),
-                ), MEMORY, lines))
+                return _new_decision(_ReadyDecision, (True, policies, (tokens1, reset1, tokens2, reset2), MEMORY, lines))
         allowed, quotas = self._memory.take(((key1, capacity1, window1), (key2, capacity2, window2)))
         decision = Decision(allowed, policies, quotas, MEMORY)
         self._count(decision)
         return decision
+
+    def _bucket_keys(self, plan: _MemoryPlan, client: tuple[str, str | None]) -> tuple[str, str]:
+        keys = plan.bucket_keys
+        if len(keys) >= _CLIENT_KEY_CACHE:  # bounded as request_key's cache is
+            keys.clear()
+        key = self.request_key(None, *client)
+        pair = keys[client] = (plan.prefix + key, plan.burst_prefix + key)
+        return pair
 
     def _policies_of(self, tier: str | Policy) -> tuple[Policy, Policy]:
         policies = self._request_policies.get(tier)
@@ -267,7 +300,8 @@ class RateLimiter:
     def _memory_plan(self, tier: str | Policy) -> _MemoryPlan:
         """What a memory take for ``tier`` needs, worked out once: the policies as enforced
         here (their share of the limit in a cluster), the counter of the tier's allowed
-        decisions, each bucket's key prefix and size, and the fixed parts of the field lines."""
+        decisions, each bucket's key prefix and size, the fixed parts of the field lines, and
+        room for the bucket keys of the clients seen."""
         policy, burst = self._policies_of(tier)
         if self._processes > 1:
             policy, burst = self._share(policy), self._share(burst)
@@ -277,7 +311,7 @@ class RateLimiter:
             (policy, burst), self._decision_counter(policy.name, "allowed"),
             f"{policy.name}:", float(policy.limit), policy.window_ms,
             f"{burst.name}:", float(burst.limit), burst.window_ms,
-            *field_line_parts(policy, burst),
+            *field_line_parts(policy, burst), {},
         )
         return plan
 
