@@ -87,7 +87,8 @@ _new_decision = tuple.__new__  # Decision(...) without NamedTuple's __new__ in P
 class _ReadyDecision(Decision):
     """An allowed decision of ``RateLimiter.take_request_now`` (field lines ready): it holds
     the two buckets' tokens and reset times, and makes its ``Quota`` objects only when asked
-    (a later decision, an error response), which most requests never do."""
+    (a later decision, an error response), which most requests never do. Its tuple holds
+    those four numbers where a ``Decision`` holds its quotas."""
 
     __slots__ = ()
 
@@ -235,8 +236,8 @@ class RateLimiter:
         (policies, allowed_count, prefix1, capacity1, window1, prefix2, capacity2, window2,
          head, between, limit, bucket_keys) = plan
         if user_id is None:
-            # The bucket keys of a client address, remembered: they come as the very strings
-            # the store holds (no concatenation, no hashing, the first comparison a match).
+            # The bucket keys of a client address, remembered: no concatenation, their hashes
+            # cached, and usually the very strings the store holds (take inserted them).
             client = (peer, forwarded_for)
             keys = bucket_keys.get(client)
             if keys is None:
