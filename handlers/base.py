@@ -273,16 +273,25 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
             return
         request = self.request
         headers = request.headers
-        user = self.current_user if "Authorization" in headers else None
+        connection = request.connection
+        ours = isinstance(connection, http1.Connection)
+        if ours:
+            # On this server's connection, the values HTTPHeaders keeps by field name, read
+            # directly (Tornado's private state, as mangu.http1 relies on): a third of the calls.
+            values = headers._as_list
+            authorized = "Authorization" in values
+            forwarded = values.get("X-Forwarded-For", ())
+        else:
+            authorized = "Authorization" in headers
+            forwarded = headers.get_list("X-Forwarded-For")
+        user = self.current_user if authorized else None
         user_id = user.user_id if user else None
         peer = request.remote_ip
-        # get_list and a join: what headers.get gives (several lines joined by commas), in fewer calls
-        forwarded_for = ",".join(headers.get_list("X-Forwarded-For")) or None
+        forwarded_for = ",".join(forwarded) or None  # several lines joined by commas, as headers.get does
         decision = limiter.take_request_now(self.rate_limit, user_id, peer, forwarded_for)
         if decision is None:
             decision = await limiter.take_request(self.rate_limit, limiter.request_key(user_id, peer, forwarded_for))
-        connection = request.connection
-        if decision.field_lines and isinstance(connection, http1.Connection):
+        if decision.field_lines and ours:
             # The common case: an allowed decision that came with its fields as ready lines,
             # which this server's connection writes (mangu.http1).
             self._rate_limit_decisions = (decision,)

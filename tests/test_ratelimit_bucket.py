@@ -129,3 +129,16 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
     # every path was taken: worked out in one step, left to take and allowed, refused
     assert set(outcomes) == {(True, True), (True, False), (False, False)}
     assert list(limiter._memory.buckets) == list(reference.buckets)  # the same recency order, the same evictions
+
+
+def test_the_decimals_of_the_field_lines_are_remembered_within_a_bound() -> None:
+    # take_request_now looks up the decimal text of the numbers it writes (remaining tokens,
+    # seconds, reset times) instead of formatting each again; the table never outgrows its bound.
+    from mangu.ratelimit.limiter import _DECIMALS_KEPT, _Decimals
+
+    decimals = _Decimals()
+    for number in range(3 * _DECIMALS_KEPT):
+        assert decimals[number] == str(number)
+        assert len(decimals) <= _DECIMALS_KEPT
+    assert decimals[1_764_800_000] == "1764800000"
+    assert decimals[7] == "7"
