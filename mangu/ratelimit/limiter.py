@@ -38,14 +38,14 @@ _CLIENT_KEY_CACHE = 16_384  # client addresses whose bucket key is remembered
 _RARE_LOG_INTERVAL = 60.0  # seconds between warnings about one lasting condition
 _DECIMALS_KEPT = 16_384  # whole numbers whose decimal text the field lines remember
 _ceil = math.ceil
-_floor = math.floor  # int() of a token count (never negative), in half the time
+_floor = math.floor  # int() of a token count (never negative), in a third of the instructions
 _wall = time.time
 
 
 class _Decimals(dict[int, str]):
     """``str(n)`` of the whole numbers in the field lines of allowed requests, remembered:
     remaining tokens, seconds to a full bucket and reset times recur from one request to the
-    next, and a lookup costs a third of formatting one. Bounded: emptied when full."""
+    next, and a lookup costs about half of formatting one. Bounded: emptied when full."""
 
     def __missing__(self, number: int) -> str:
         if len(self) >= _DECIMALS_KEPT:
