@@ -13,7 +13,6 @@ import signal
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,7 +202,10 @@ def test_a_rolling_restart_behind_nginx_loses_no_request(nginx: Nginx, instances
             old.signal(signal.SIGTERM)
             assert old.wait(15) == 0
             instances[i] = ServerProcess({**SERVER_ENV, "PORT": str(old.port)}).start()
-            time.sleep(1.5)  # nginx's fail_timeout: then the new instance gets requests again
+            # Back in nginx's rotation before the next one stops: nginx tries a failed upstream
+            # again after its fail_timeout (1 s), and a slow start can fail that try too; so
+            # wait until the new instance has served a request through nginx, not a fixed time.
+            instances[i].wait_for(lambda record: record.get("logger") == "mangu.access", 15)
     finally:
         done.set()
         for worker in workers:
