@@ -12,7 +12,7 @@ server's connection class; ``prepare`` then runs over them in turn, without a so
 event loop. The process runs twice, with 1,000 and 3,000 calls of ``prepare`` (the first
 1,000 make every address's buckets); the difference of the two counts, over 2,000, is the
 cost of one call on buckets that exist, startup and the rest left out. Hash seeds are fixed,
-so the count repeats to within a few dozen instructions. About a minute.
+so the count repeats to within a few hundred instructions. About a minute.
 
 Instructions are not time: a cache miss costs none, and the server's time per request also
 holds the event loop, Tornado and the kernel. This says how much work a change removes; the
