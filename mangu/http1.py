@@ -12,11 +12,12 @@ response, which the limiter builds from numbers and policy names only
 (``RateLimiter.take_request_now``, ``Decision.field_lines``). They go out after the others,
 as they are; every other field goes through ``HTTPHeaders`` and the CR/LF check.
 
-It relies on ``HTTP1Connection``'s private state: ``make_server`` uses it only on the Tornado
-versions in ``SUPPORTED_TORNADO`` (Tornado's own server otherwise), and
-``tests/test_http1.py`` compares the bytes on the wire with Tornado's own server for the
-cases that differ in framing (HEAD, 204, 304, HTTP/1.0, chunked, several values of one
-field), so an upgrade that changes them fails there first.
+It relies on ``HTTP1Connection``'s private state (and ``APIHandler.prepare``, on requests of
+this connection, on the lists ``HTTPHeaders`` keeps by field name, ``_as_list``):
+``make_server`` uses it only on the Tornado versions in ``SUPPORTED_TORNADO`` (Tornado's own
+server otherwise), and ``tests/test_http1.py`` compares the bytes on the wire with Tornado's
+own server for the cases that differ in framing (HEAD, 204, 304, HTTP/1.0, chunked, several
+values of one field), so an upgrade that changes them fails there first.
 """
 
 from __future__ import annotations
