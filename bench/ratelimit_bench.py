@@ -53,6 +53,19 @@ end
 # -- the server side (a process of its own: bench/ratelimit_bench.py --serve MODE --port N)
 
 
+def bench_environ(mode: str) -> dict[str, str]:
+    """The server's settings for ``mode`` (none, memory or redis, before its REDIS_URL)."""
+    return {
+        "MANGU_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json",
+        "JWT_SECRET": "bench-secret-0123456789abcdef0123456789abcdef", "MONGODB_URL": "mongodb://127.0.0.1:1/",
+        "TRUSTED_PROXIES": "127.0.0.1", "RATE_LIMIT_ENABLED": "false" if mode == "none" else "true",
+        # Quotas no client of the run exhausts, refilling slower than the clients spend them (a
+        # token every 0.86 s, against about one request a second per client), as for clients
+        # that use part of their quota; the burst bucket is full again between two requests.
+        "RATE_LIMIT_MAX": "100000", "RATE_LIMIT_WINDOW": "86400000", "RATE_LIMIT_BURST": "1000",
+    }
+
+
 def serve(mode: str, port: int, redis_url: str | None) -> None:
     import tornado.web
     from tornado.netutil import bind_sockets
@@ -79,15 +92,7 @@ def serve(mode: str, port: int, redis_url: str | None) -> None:
                 "backend": self.services.limiter.backend,
             })
 
-    environ = {
-        "MANGU_ENV": "production", "PORT": str(port), "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json",
-        "JWT_SECRET": "bench-secret-0123456789abcdef0123456789abcdef", "MONGODB_URL": "mongodb://127.0.0.1:1/",
-        "TRUSTED_PROXIES": "127.0.0.1", "RATE_LIMIT_ENABLED": "false" if mode == "none" else "true",
-        # Quotas no client of the run exhausts, refilling slower than the clients spend them (a
-        # token every 0.86 s, against about one request a second per client), as for clients
-        # that use part of their quota; the burst bucket is full again between two requests.
-        "RATE_LIMIT_MAX": "100000", "RATE_LIMIT_WINDOW": "86400000", "RATE_LIMIT_BURST": "1000",
-    }
+    environ = {**bench_environ(mode), "PORT": str(port)}
     if mode == "redis":
         environ["REDIS_URL"] = redis_url or ""
     settings = load_settings(environ)

@@ -36,8 +36,9 @@ MODES = ("none", "memory")
 CLIENTS = 1000
 
 
-def run_prepare(mode: str, calls: int) -> None:
-    """The measured process: ``calls`` calls of prepare over CLIENTS requests."""
+def run_prepare(environ: dict[str, str], calls: int) -> None:
+    """The measured process: ``calls`` calls of prepare over CLIENTS requests, on the app
+    that ``environ`` configures."""
     import socket
 
     import tornado.httputil
@@ -53,12 +54,7 @@ def run_prepare(mode: str, calls: int) -> None:
         def get(self, book_id: str) -> None:
             self.write_json({"id": book_id})
 
-    settings = load_settings({
-        "MANGU_ENV": "production", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json",
-        "JWT_SECRET": "bench-secret-0123456789abcdef0123456789abcdef", "MONGODB_URL": "mongodb://127.0.0.1:1/",
-        "TRUSTED_PROXIES": "127.0.0.1", "RATE_LIMIT_ENABLED": "false" if mode == "none" else "true",
-        "RATE_LIMIT_MAX": "100000", "RATE_LIMIT_WINDOW": "86400000", "RATE_LIMIT_BURST": "1000",
-    })
+    settings = load_settings(environ)
 
     async def main() -> None:
         services = Services(settings)
@@ -103,8 +99,12 @@ def main() -> None:
     parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
+        # The throughput bench's settings (from this file's folder), then the measured
+        # checkout's code first on the path: importing ratelimit_bench puts this one's there.
+        from ratelimit_bench import bench_environ
+
         sys.path.insert(0, args.run[2])
-        run_prepare(args.run[0], int(args.run[1]))
+        run_prepare(bench_environ(args.run[0]), int(args.run[1]))
         return
     if not shutil.which("valgrind"):
         sys.exit("valgrind is needed (apt-get install valgrind)")
