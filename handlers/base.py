@@ -292,11 +292,12 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         decision = limiter.take_request_now(self.rate_limit, user_id, peer, forwarded_for)
         if decision is None:
             decision = await limiter.take_request(self.rate_limit, limiter.request_key(user_id, peer, forwarded_for))
-        if decision.field_lines and ours:
+        lines = decision.field_lines
+        if lines and ours:
             # The common case: an allowed decision that came with its fields as ready lines,
             # which this server's connection writes (mangu.http1).
             self._rate_limit_decisions = (decision,)
-            connection.extra_field_lines = decision.field_lines
+            connection.extra_field_lines = lines
             return
         self._apply_rate_limit(decision)
 

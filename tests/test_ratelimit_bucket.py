@@ -84,7 +84,8 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
     # RateLimiter.take_request_now works out an allowed take of two existing buckets itself;
     # step by step against MemoryBuckets.take on a store of its own: new buckets, allowed
     # takes, refusals by either bucket, refills, several clients and tiers, a key that comes
-    # back after eviction, and a limit divided among processes (fallback in a cluster).
+    # back after eviction, two endpoint policies of one name and different limits (each
+    # replaces the other's bucket), and a limit divided among processes (fallback in a cluster).
     import random
 
     from mangu.config import load_settings
@@ -101,21 +102,22 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
     })
     limiter = RateLimiter(settings, Metrics(version="test"), clock=clock)
     reference = MemoryBuckets(max_keys=100, clock=clock)
-    tiers = {"general": limiter.tiers.resolve("general"), "strict": limiter.tiers.resolve("strict")}
+    tiers = {"general": limiter.tiers.resolve("general"), "strict": limiter.tiers.resolve("strict"),
+             "export_a": Policy("export", 6, 10_000), "export_b": Policy("export", 8, 10_000)}
     burst = limiter.tiers.burst.divided(2)
     outcomes = Counter()
     for step in range(20_000):
         now[0] += rng.choice((0.0, 0.0, 0.001, 0.03, 0.2))
         # a few busy clients, and from time to time many more (a store over its 100 keys)
         clients = 4 if step % 5000 < 4000 else 80
-        address, tier = f"10.0.0.{rng.randrange(clients)}", rng.choice(("general", "strict"))
+        address, tier = f"10.0.0.{rng.randrange(clients)}", rng.choice(list(tiers))
         user_id = "u1" if rng.random() < 0.1 else None  # a signed-in user: keyed by user id
         client = f"user:{user_id}" if user_id else f"ip:{address}"
         policy = tiers[tier].divided(2)
         expected_allowed, expected_quotas = reference.take([
-            (f"{tier}:{client}", policy.limit, policy.window_ms), (f"burst:{client}", burst.limit, burst.window_ms),
+            (f"{policy.name}:{client}", policy.limit, policy.window_ms), (f"burst:{client}", burst.limit, burst.window_ms),
         ])
-        decision = limiter.take_request_now(tier, user_id, address, None)
+        decision = limiter.take_request_now(tier if tier in ("general", "strict") else tiers[tier], user_id, address, None)
         assert decision is not None
         assert (decision.allowed, tuple(decision.quotas)) == (expected_allowed, tuple(expected_quotas))
         assert all(type(quota) is Quota for quota in decision.quotas)
@@ -131,14 +133,35 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
     assert list(limiter._memory.buckets) == list(reference.buckets)  # the same recency order, the same evictions
 
 
+def test_a_clients_next_request_is_worked_out_in_one_step() -> None:
+    # The first request of a client address makes its buckets (MemoryBuckets.take); the
+    # limiter remembers them, so the next is worked out in one step, with its field lines.
+    from mangu.config import load_settings
+    from mangu.metrics import Metrics
+    from mangu.ratelimit.limiter import RateLimiter
+
+    limiter = RateLimiter(load_settings({"JWT_SECRET": "x" * 32}), Metrics(version="test"))
+    for address in ("10.0.0.1", "10.0.0.2"):
+        first = limiter.take_request_now("general", None, address, None)
+        second = limiter.take_request_now("general", None, address, None)
+        assert first is not None and second is not None
+        assert (first.allowed, first.field_lines) == (True, "")
+        assert second.allowed and "X-Ratelimit-Remaining: 98\r\n" in second.field_lines
+
+
 def test_the_decimals_of_the_field_lines_are_remembered_within_a_bound() -> None:
     # take_request_now looks up the decimal text of the numbers it writes (remaining tokens,
     # seconds, reset times) instead of formatting each again; the table never outgrows its bound.
-    from mangu.ratelimit.limiter import _DECIMALS_KEPT, _Decimals
+    from mangu.ratelimit import limiter as module
+    from mangu.ratelimit.limiter import _DECIMALS_KEPT, _learn_decimal
 
-    decimals = _Decimals()
+    module._decimal.clear()
     for number in range(3 * _DECIMALS_KEPT):
-        assert decimals[number] == str(number)
-        assert len(decimals) <= _DECIMALS_KEPT
-    assert decimals[1_764_800_000] == "1764800000"
-    assert decimals[7] == "7"
+        _learn_decimal(number)
+        assert module._decimal[number] == str(number)
+        assert len(module._decimal) <= _DECIMALS_KEPT
+    _learn_decimal(1_764_800_000)
+    assert module._decimal[1_764_800_000] == "1764800000"
+    assert 7 not in module._decimal  # emptied when full; learnt again when next needed
+    _learn_decimal(7)
+    assert module._decimal[7] == "7"

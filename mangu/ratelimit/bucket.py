@@ -75,6 +75,10 @@ class MemoryBuckets:
     dropped bucket comes back full, as an expired Redis key does). Once the store is half
     full, each new bucket also sweeps the oldest ones that have refilled completely, so a
     flood of keys that has passed does not keep the store full.
+
+    A bucket that leaves the store (evicted, swept, or replaced by one of another capacity)
+    is emptied to capacity 0 (``_drop``): whoever still holds it (the limiter keeps the
+    buckets of the clients it saw lately) sees that it is no longer the stored one.
     """
 
     _SWEEP_PER_INSERT = 2  # more than one, so the sweep outpaces the inserts
@@ -109,6 +113,8 @@ class MemoryBuckets:
         for key, capacity, window_ms in buckets:
             bucket = store.get(key)
             if bucket is None or bucket.capacity != capacity:
+                if bucket is not None:
+                    _drop(bucket)
                 bucket = self._insert(key, capacity, window_ms, now)
                 inserted = True
             else:
@@ -138,7 +144,7 @@ class MemoryBuckets:
         store = self.buckets
         bucket = store[key] = TokenBucket(capacity, capacity * 1000 / window_ms, now)
         if len(store) > self.max_keys:
-            store.popitem(last=False)
+            _drop(store.popitem(last=False)[1])
             if self._on_evict is not None:
                 self._on_evict()
         return bucket
@@ -149,8 +155,20 @@ class MemoryBuckets:
         store = self.buckets
         for _ in range(self._SWEEP_PER_INSERT):
             oldest = next(iter(store))
-            if store[oldest].full_at() > now:
+            bucket = store[oldest]
+            if bucket.full_at() > now:
                 return
             del store[oldest]
+            _drop(bucket)
             if not store:
                 return
+
+
+def _drop(bucket: TokenBucket) -> None:
+    """Empty a bucket that has left the store: capacity 0 tells a holder it is gone."""
+    bucket.capacity = bucket.tokens = 0.0
+
+
+# Stands for a bucket the store does not hold (capacity 0, as a dropped one).
+GONE = TokenBucket(1, 1, 0.0)
+_drop(GONE)

@@ -23,7 +23,7 @@ from redis.retry import Retry
 from mangu.clientip import client_ip
 from mangu.config import Settings
 from mangu.metrics import Metrics, Tally
-from mangu.ratelimit.bucket import MemoryBuckets, Quota
+from mangu.ratelimit.bucket import GONE, MemoryBuckets, Quota
 from mangu.ratelimit.headers import field_line_parts
 from mangu.ratelimit.keys import ip_key, user_key, username_key
 from mangu.ratelimit.policies import Policy, Tiers
@@ -36,25 +36,24 @@ REDIS, MEMORY = "redis", "memory"
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _CLIENT_KEY_CACHE = 16_384  # client addresses whose bucket key is remembered
 _RARE_LOG_INTERVAL = 60.0  # seconds between warnings about one lasting condition
-_DECIMALS_KEPT = 16_384  # whole numbers whose decimal text the field lines remember
+_DECIMALS_KEPT = 16_384  # whole numbers whose decimal text the field lines remember (_decimal)
 _ceil = math.ceil
 _floor = math.floor  # int() of a token count (never negative), in a third of the instructions
 _wall = time.time
 
 
-class _Decimals(dict[int, str]):
-    """``str(n)`` of the whole numbers in the field lines of allowed requests, remembered:
-    remaining tokens, seconds to a full bucket and reset times recur from one request to the
-    next, and a lookup costs about half of formatting one. Bounded: emptied when full."""
-
-    def __missing__(self, number: int) -> str:
-        if len(self) >= _DECIMALS_KEPT:
-            self.clear()
-        text = self[number] = str(number)
-        return text
+# ``str(n)`` of the whole numbers in the field lines of allowed requests, remembered:
+# remaining tokens, seconds to a full bucket and reset times recur from one request to the
+# next, and a lookup costs about half of formatting one. A plain dict (a subclass with
+# __missing__ costs more per lookup): a number it lacks raises KeyError, and _learn_decimal
+# adds it. Bounded: emptied when full.
+_decimal: dict[int, str] = {}
 
 
-_decimal = _Decimals()
+def _learn_decimal(number: int) -> None:
+    if len(_decimal) >= _DECIMALS_KEPT:
+        _decimal.clear()
+    _decimal[number] = str(number)
 
 
 class RateLimitUnavailable(Exception):
@@ -116,7 +115,8 @@ class _ReadyDecision(Decision):
 
 
 class _MemoryPlan(NamedTuple):
-    """A tier's memory take, worked out once (``RateLimiter._memory_plan``)."""
+    """A tier's memory take, worked out once (``RateLimiter._memory_plan``); kept as a plain
+    tuple, which take_request_now unpacks in one step (a NamedTuple takes an iterator)."""
 
     policies: tuple[Policy, Policy]  # the tier's and the burst policy, as enforced here
     allowed: Tally  # the count of the tier's allowed decisions
@@ -131,8 +131,9 @@ class _MemoryPlan(NamedTuple):
     lines_head: str
     lines_between: str
     lines_limit: str
-    # the two bucket keys by client address (peer, X-Forwarded-For), as request_key makes them
-    bucket_keys: dict[tuple[str, str | None], tuple[str, str]]
+    # the clients seen lately, by address (peer, X-Forwarded-For): [the two bucket keys, as
+    # request_key makes them, and the two buckets as last seen in the store] (_client)
+    clients: dict[tuple[str, str | None], list]
 
 
 class RateLimiter:
@@ -149,6 +150,7 @@ class RateLimiter:
         self._timeout = settings.rate_limit_redis_timeout / 1000
         self._probe_interval = settings.rate_limit_probe_interval / 1000
         self._memory = MemoryBuckets(settings.rate_limit_memory_max_keys, on_evict=self._evicted, clock=clock)
+        self._move_to_end = self._memory.buckets.move_to_end  # bound once: two calls per request
         self._clock = clock
         self._redis: RedisBuckets | None = None
         self._on_redis = False
@@ -161,7 +163,7 @@ class RateLimiter:
         self._trusted_proxies = settings.trusted_proxies
         self._client_keys: dict[tuple[str, str | None], str] = {}
         self._request_policies: dict[str | Policy, tuple[Policy, Policy]] = {}
-        self._memory_plans: dict[str | Policy, _MemoryPlan] = {}
+        self._memory_plans: dict[str | Policy, tuple] = {}  # each a _MemoryPlan, as a plain tuple
         # memory answers while Redis is configured are fallback answers, counted as such
         self._fallback_answers = (
             metrics.ratelimit_memory_answers.labels(reason="redis_down") if self.redis_configured else None
@@ -251,23 +253,24 @@ class RateLimiter:
         if self._fallback_answers is not None:
             self._fallback_answers.inc()
         (policies, allowed_count, prefix1, capacity1, window1, prefix2, capacity2, window2,
-         head, between, limit, bucket_keys) = plan
+         head, between, limit, clients) = plan
+        store = self._memory.buckets
         if user_id is None:
-            # The bucket keys of a client address, remembered: no concatenation, their hashes
-            # cached, and usually the very strings the store holds (take inserted them).
+            # A client address's bucket keys and buckets, remembered: no key to make, no
+            # lookup in the store. A bucket the store has dropped since has capacity 0.
             client = (peer, forwarded_for)
-            keys = bucket_keys.get(client)
-            if keys is None:
-                keys = self._bucket_keys(plan, client)
-            key1, key2 = keys
+            entry = clients.get(client)
+            if entry is None:
+                entry = self._client(clients, prefix1, prefix2, client)
+            key1, key2, first, second = entry
         else:
+            entry = None
             key = user_key(user_id)
             key1 = prefix1 + key
             key2 = prefix2 + key
-        store = self._memory.buckets
-        first = store.get(key1)
-        second = store.get(key2)
-        if first is not None and second is not None and first.capacity == capacity1 and second.capacity == capacity2:
+            first = store.get(key1, GONE)
+            second = store.get(key2, GONE)
+        if first.capacity == capacity1 and second.capacity == capacity2:
             # MemoryBuckets.take of these two, unrolled: the refill of each (TokenBucket.refill;
             # the clock is monotonic, so no time has passed at worst) ...
             now = self._clock()
@@ -279,37 +282,54 @@ class RateLimiter:
             tokens2 = second.tokens + (now - second.stamp) * rate2
             if tokens2 > capacity2:
                 tokens2 = capacity2
-            if tokens1 >= 1 and tokens2 >= 1 and first is not second:
+            if tokens1 >= 1.0 and tokens2 >= 1.0 and first is not second:
                 # ... and a take from both, when both have a token (else take decides).
-                store.move_to_end(key1)
-                store.move_to_end(key2)
-                first.tokens = tokens1 = tokens1 - 1
-                second.tokens = tokens2 = tokens2 - 1
+                move_to_end = self._move_to_end
+                move_to_end(key1)
+                move_to_end(key2)
+                first.tokens = tokens1 = tokens1 - 1.0
+                second.tokens = tokens2 = tokens2 - 1.0
                 first.stamp = second.stamp = now
                 allowed_count.value += 1
                 reset1 = (capacity1 - tokens1) / rate1
                 reset2 = (capacity2 - tokens2) / rate2
                 # headers.response_headers of this decision, as field lines
+                remaining1 = _floor(tokens1)
+                seconds1 = _ceil(reset1)
+                remaining2 = _floor(tokens2)
+                seconds2 = _ceil(reset2)
+                at = _ceil(_wall() + reset1)
                 decimal = _decimal
-                remaining1 = decimal[_floor(tokens1)]
-                lines = (
-                    f"{head}{remaining1};t={decimal[_ceil(reset1)]}{between}{decimal[_floor(tokens2)]};"
-                    f"t={decimal[_ceil(reset2)]}\r\n{limit}{remaining1}\r\n"
-                    f"X-Ratelimit-Reset: {decimal[_ceil(_wall() + reset1)]}\r\n"
-                )
+                while True:
+                    try:
+                        text1 = decimal[remaining1]
+                        lines = (
+                            f"{head}{text1};t={decimal[seconds1]}{between}{decimal[remaining2]};"
+                            f"t={decimal[seconds2]}\r\n{limit}{text1}\r\n"
+                            f"X-Ratelimit-Reset: {decimal[at]}\r\n"
+                        )
+                        break
+                    except KeyError as missing:
+                        _learn_decimal(missing.args[0])
                 return _new_decision(_ReadyDecision, (True, policies, (tokens1, reset1, tokens2, reset2), MEMORY, lines))
         allowed, quotas = self._memory.take(((key1, capacity1, window1), (key2, capacity2, window2)))
+        if entry is not None:  # the buckets take made or found
+            entry[2] = store.get(key1, GONE)
+            entry[3] = store.get(key2, GONE)
         decision = Decision(allowed, policies, quotas, MEMORY)
         self._count(decision)
         return decision
 
-    def _bucket_keys(self, plan: _MemoryPlan, client: tuple[str, str | None]) -> tuple[str, str]:
-        keys = plan.bucket_keys
-        if len(keys) >= _CLIENT_KEY_CACHE:  # bounded as request_key's cache is
-            keys.clear()
+    def _client(self, clients: dict[tuple[str, str | None], list], prefix1: str, prefix2: str,
+                client: tuple[str, str | None]) -> list:
+        """A new entry of a plan's ``clients``: its buckets are taken from the store, if there."""
+        if len(clients) >= _CLIENT_KEY_CACHE:  # bounded as request_key's cache is
+            clients.clear()
         key = self.request_key(None, *client)
-        pair = keys[client] = (plan.prefix + key, plan.burst_prefix + key)
-        return pair
+        key1, key2 = prefix1 + key, prefix2 + key
+        store = self._memory.buckets
+        entry = clients[client] = [key1, key2, store.get(key1, GONE), store.get(key2, GONE)]
+        return entry
 
     def _policies_of(self, tier: str | Policy) -> tuple[Policy, Policy]:
         policies = self._request_policies.get(tier)
@@ -317,7 +337,7 @@ class RateLimiter:
             policies = self._request_policies[tier] = (self.tiers.resolve(tier), self.tiers.burst)
         return policies
 
-    def _memory_plan(self, tier: str | Policy) -> _MemoryPlan:
+    def _memory_plan(self, tier: str | Policy) -> tuple:
         """What a memory take for ``tier`` needs, worked out once: the policies as enforced
         here (their share of the limit in a cluster), the counter of the tier's allowed
         decisions, each bucket's key prefix and size, the fixed parts of the field lines, and
@@ -327,12 +347,12 @@ class RateLimiter:
             policy, burst = self._share(policy), self._share(burst)
         if len(self._memory_plans) > 1024:  # custom policies are few; never let this grow
             self._memory_plans.clear()
-        plan = self._memory_plans[tier] = _MemoryPlan(
+        plan = self._memory_plans[tier] = tuple(_MemoryPlan(
             (policy, burst), self._decision_counter(policy.name, "allowed"),
             f"{policy.name}:", float(policy.limit), policy.window_ms,
             f"{burst.name}:", float(burst.limit), burst.window_ms,
             *field_line_parts(policy, burst), {},
-        )
+        ))
         return plan
 
     async def take_auth_attempt(self, client_key: str, username: str) -> Decision:
