@@ -38,6 +38,14 @@ def test_bucket_rejects_a_zero_capacity_or_rate() -> None:
         TokenBucket(1, 0)
 
 
+def test_a_store_too_small_for_one_take_is_refused() -> None:
+    # A bucket leaving the store is emptied (capacity 0); a store so small that a take could
+    # evict a bucket it has just found would answer from an emptied bucket, so it is refused.
+    with pytest.raises(ValueError, match="max_keys must be at least 16"):
+        MemoryBuckets(max_keys=1)
+    assert MemoryBuckets(max_keys=16).max_keys == 16
+
+
 def test_policy_names_are_header_safe() -> None:
     assert Policy("export", 10, 60_000).header_item == '"export";q=10;w=60'
     assert Policy("fast", 5, 200).header_item == '"fast";q=5;w=1'  # w is whole seconds, at least 1

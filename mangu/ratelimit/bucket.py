@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 _ALLOWED = (True, 0.0)  # shared: an allowed take allocates nothing
+_MIN_KEYS = 16  # far more than the buckets of one take (two or three)
 
 
 class TokenBucket:
@@ -85,6 +86,9 @@ class MemoryBuckets:
 
     def __init__(self, max_keys: int, on_evict: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        if max_keys < _MIN_KEYS:
+            # A take must never evict (and so empty, _drop) a bucket it has already found.
+            raise ValueError(f"max_keys must be at least {_MIN_KEYS}")
         self.max_keys = max_keys
         # Below half full, a full bucket is kept: finding it again is cheaper than a new one.
         self._sweep_above = max_keys // 2
