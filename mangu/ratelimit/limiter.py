@@ -322,13 +322,12 @@ class RateLimiter:
 
     def _client(self, clients: dict[tuple[str, str | None], list], prefix1: str, prefix2: str,
                 client: tuple[str, str | None]) -> list:
-        """A new entry of a plan's ``clients``: its buckets are taken from the store, if there."""
+        """A new entry of a plan's ``clients``: its buckets not known yet (GONE), so the first
+        request goes to take, after which take_request_now notes the buckets."""
         if len(clients) >= _CLIENT_KEY_CACHE:  # bounded as request_key's cache is
             clients.clear()
         key = self.request_key(None, *client)
-        key1, key2 = prefix1 + key, prefix2 + key
-        store = self._memory.buckets
-        entry = clients[client] = [key1, key2, store.get(key1, GONE), store.get(key2, GONE)]
+        entry = clients[client] = [prefix1 + key, prefix2 + key, GONE, GONE]
         return entry
 
     def _policies_of(self, tier: str | Policy) -> tuple[Policy, Policy]:
