@@ -17,6 +17,7 @@ from mangu.clientip import client_ip
 from mangu.db import DatabaseUnavailable
 from mangu.log import bind_context, redact_text
 from mangu.ratelimit import Decision, Policy, RateLimitUnavailable
+from mangu.ratelimit.limiter import ReadyTake, ready_decision
 from mangu.ratelimit.headers import response_headers, retry_after_seconds
 from mangu.store.errors import Conflict, NotFound, ValidationError
 
@@ -115,7 +116,9 @@ class MaguHandlerMixin:
     current_user_id: str | None = None
     _correlation_id: str | None = None
     _in_flight = False
-    _rate_limit_decisions: tuple[Decision, ...] = ()  # this request's (APIHandler), in order
+    # this request's rate-limit decisions (APIHandler), in order: _rate_limit_taken()
+    _rate_limit_decisions: tuple[Decision, ...] = ()
+    _rate_limit_ready: ReadyTake | None = None  # the first, as the limiter answered it (prepare)
 
     def __init__(self, application: Any, request: Any, route: str = "unmatched", **kwargs: Any) -> None:
         self.route = route
@@ -199,6 +202,15 @@ class MaguHandlerMixin:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.write(orjson.dumps(payload, default=str))
 
+    def _rate_limit_taken(self) -> tuple[Decision, ...]:
+        """This request's rate-limit decisions so far, in order; the first made a Decision
+        now if the limiter answered it as a ReadyTake."""
+        ready = self._rate_limit_ready
+        if ready is not None:
+            self._rate_limit_ready = None
+            self._rate_limit_decisions = (ready_decision(ready), *self._rate_limit_decisions)
+        return self._rate_limit_decisions
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         mapped = None if isinstance(exc, APIError) else api_error(exc)
@@ -206,11 +218,12 @@ class MaguHandlerMixin:
             exc, status_code = mapped, mapped.status_code
             self.set_status(status_code)
         error: dict[str, Any] = {"status": status_code}
-        if self._rate_limit_decisions:  # send_error cleared the fields: they go in HTTPHeaders now
+        decisions = self._rate_limit_taken()
+        if decisions:  # send_error cleared the fields: they go in HTTPHeaders now
             connection = self.request.connection  # type: ignore[attr-defined]
             if isinstance(connection, http1.Connection):
                 connection.extra_field_lines = ""
-            for name, value in response_headers(self._rate_limit_decisions).items():
+            for name, value in response_headers(decisions).items():
                 self.set_header(name, value)
         if isinstance(exc, APIError):
             error.update(code=exc.code, message=exc.message, **exc.extra)
@@ -289,17 +302,16 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         user_id = user.user_id if user else None
         peer = request.remote_ip
         forwarded_for = ",".join(forwarded) or None  # several lines joined by commas, as headers.get does
-        decision = limiter.take_request_now(self.rate_limit, user_id, peer, forwarded_for)
-        if decision is None:
-            decision = await limiter.take_request(self.rate_limit, limiter.request_key(user_id, peer, forwarded_for))
-        lines = decision.field_lines
-        if lines and ours:
-            # The common case: an allowed decision that came with its fields as ready lines,
-            # which this server's connection writes (mangu.http1).
-            self._rate_limit_decisions = (decision,)
-            connection.extra_field_lines = lines
-            return
-        self._apply_rate_limit(decision)
+        answer = limiter.take_request_now(self.rate_limit, user_id, peer, forwarded_for)
+        if answer is None:
+            answer = await limiter.take_request(self.rate_limit, limiter.request_key(user_id, peer, forwarded_for))
+        elif type(answer) is tuple:  # a ReadyTake: allowed, its fields as ready lines
+            if ours:  # the common case: this server's connection writes them (mangu.http1)
+                self._rate_limit_ready = answer
+                connection.extra_field_lines = answer[0]
+                return
+            answer = ready_decision(answer)
+        self._apply_rate_limit(answer)
 
     async def limit_auth_attempt(self, username: str) -> None:
         """Count one login attempt for the client address and for ``username`` (the auth tier).
@@ -319,7 +331,7 @@ class APIHandler(MaguHandlerMixin, tornado.web.RequestHandler):
         self._apply_rate_limit(decision)
 
     def _apply_rate_limit(self, decision: Decision) -> None:
-        decisions = self._rate_limit_decisions = self._rate_limit_decisions + (decision,)
+        decisions = self._rate_limit_decisions = self._rate_limit_taken() + (decision,)
         if not decision.allowed:
             policy = decision.refused_by
             assert policy is not None

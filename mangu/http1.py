@@ -9,7 +9,7 @@ else (keep-alive, chunking, the expected body length) is Tornado's logic, unchan
 A handler may also give the connection field lines of its own, already formatted
 (``Connection.extra_field_lines``): the rate-limit fields of an allowed request, five per
 response, which the limiter builds from numbers and policy names only
-(``RateLimiter.take_request_now``, ``Decision.field_lines``). They go out after the others,
+(``RateLimiter.take_request_now``, a ``ReadyTake``). They go out after the others,
 as they are; every other field goes through ``HTTPHeaders`` and the CR/LF check.
 
 It relies on ``HTTP1Connection``'s private state (and ``APIHandler.prepare``, on requests of

@@ -123,17 +123,21 @@ async def test_error_responses_of_a_limited_endpoint_carry_the_headers(start_lim
 async def test_a_response_after_two_decisions_carries_the_fields_of_both_once(
         start_limited: Callable[..., Any]) -> None:
     # A limited endpoint that also counts a login attempt: the fields list all four buckets, and
-    # the X-RateLimit-* trio describes the last decision (the auth tier), each field once.
+    # the X-RateLimit-* trio describes the last decision (the auth tier), each field once. The
+    # second request's first decision is worked out in one step, as ready lines (a ReadyTake),
+    # which the second decision replaces.
     app = await start_limited()
-    response = await app.fetch("/test/tiered-attempt", method="POST", body={"username": "alice"})
-    assert response.code == 200
-    fields = response.headers
-    assert fields.get_list("RateLimit-Policy") == [
-        '"general";q=100;w=900, "burst";q=10;w=1, "auth";q=5;w=900, "auth_user";q=10;w=900']
-    assert re.fullmatch(r'"general";r=99;t=\d+, "burst";r=9;t=1, "auth";r=4;t=\d+, "auth_user";r=9;t=\d+',
-                        fields["RateLimit"])
-    assert (fields.get_list("X-RateLimit-Limit"), fields.get_list("X-RateLimit-Remaining")) == (["5"], ["4"])
-    assert len(fields.get_list("X-RateLimit-Reset")) == 1
+    for remaining in (r'"general";r=99;t=\d+, "burst";r=9;t=1, "auth";r=4;t=\d+, "auth_user";r=9;t=\d+',
+                      r'"general";r=98;t=\d+, "burst";r=[89];t=1, "auth";r=3;t=\d+, "auth_user";r=8;t=\d+'):
+        response = await app.fetch("/test/tiered-attempt", method="POST", body={"username": "alice"})
+        assert response.code == 200
+        fields = response.headers
+        assert fields.get_list("RateLimit-Policy") == [
+            '"general";q=100;w=900, "burst";q=10;w=1, "auth";q=5;w=900, "auth_user";q=10;w=900']
+        assert re.fullmatch(remaining, fields["RateLimit"])
+        assert fields.get_list("X-RateLimit-Limit") == ["5"]
+        assert fields.get_list("X-RateLimit-Remaining") == [re.search(r'"auth";r=(\d)', remaining)[1]]
+        assert len(fields.get_list("X-RateLimit-Reset")) == 1
 
 
 async def test_the_fields_are_the_same_through_tornados_own_server(start_limited: Callable[..., Any]) -> None:

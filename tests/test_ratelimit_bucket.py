@@ -93,13 +93,15 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
     # step by step against MemoryBuckets.take on a store of its own: new buckets, allowed
     # takes, refusals by either bucket, refills, several clients and tiers, a key that comes
     # back after eviction, two endpoint policies of one name and different limits (each
-    # replaces the other's bucket), and a limit divided among processes (fallback in a cluster).
+    # replaces the other's bucket), one that takes the burst policy's name and size but not
+    # its window (the burst bucket then refills at its rate), and a limit divided among
+    # processes (fallback in a cluster).
     import random
 
     from mangu.config import load_settings
     from mangu.metrics import Metrics
     from mangu.ratelimit.headers import response_headers
-    from mangu.ratelimit.limiter import RateLimiter
+    from mangu.ratelimit.limiter import RateLimiter, ready_decision
 
     rng = random.Random(7)
     now = [0.0]
@@ -111,7 +113,8 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
     limiter = RateLimiter(settings, Metrics(version="test"), clock=clock)
     reference = MemoryBuckets(max_keys=100, clock=clock)
     tiers = {"general": limiter.tiers.resolve("general"), "strict": limiter.tiers.resolve("strict"),
-             "export_a": Policy("export", 6, 10_000), "export_b": Policy("export", 8, 10_000)}
+             "export_a": Policy("export", 6, 10_000), "export_b": Policy("export", 8, 10_000),
+             "slow_burst": Policy("burst", 6, 5_000)}
     burst = limiter.tiers.burst.divided(2)
     outcomes = Counter()
     for step in range(20_000):
@@ -125,36 +128,42 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
         expected_allowed, expected_quotas = reference.take([
             (f"{policy.name}:{client}", policy.limit, policy.window_ms), (f"burst:{client}", burst.limit, burst.window_ms),
         ])
-        decision = limiter.take_request_now(tier if tier in ("general", "strict") else tiers[tier], user_id, address, None)
-        assert decision is not None
+        named = tier if tier in ("general", "strict") else tiers[tier]
+        answer = limiter.take_request_now(named, user_id, address, None)
+        assert answer is not None
+        ready = type(answer) is tuple  # a ReadyTake: allowed, worked out in one step
+        decision = ready_decision(answer) if ready else answer
         assert (decision.allowed, tuple(decision.quotas)) == (expected_allowed, tuple(expected_quotas))
         assert all(type(quota) is Quota for quota in decision.quotas)
         assert [p.limit for p in decision.policies] == [policy.limit, burst.limit]
-        if decision.field_lines:  # the fields response_headers gives, as lines
-            assert decision.allowed
-            fields = dict(line.split(": ", 1) for line in decision.field_lines.split("\r\n")[:-1])
+        if ready:  # the fields response_headers gives, as lines
+            fields = dict(line.split(": ", 1) for line in answer[0].split("\r\n")[:-1])
             wanted = response_headers([decision], now=int(fields["X-Ratelimit-Reset"]) - decision.quotas[0].reset)
             assert fields == {name.title(): value for name, value in wanted.items()}
-        outcomes[decision.allowed, bool(decision.field_lines)] += 1
-    # every path was taken: worked out in one step, left to take and allowed, refused
-    assert set(outcomes) == {(True, True), (True, False), (False, False)}
+            outcomes["ready", "burst bucket was full" if answer[4] == burst.limit - 1 else "burst bucket in use"] += 1
+        else:
+            outcomes["take", "allowed" if decision.allowed else "refused"] += 1
+    # every path was taken: worked out in one step (the burst bucket full before, or not), left
+    # to take and allowed, refused
+    assert set(outcomes) == {("ready", "burst bucket was full"), ("ready", "burst bucket in use"),
+                             ("take", "allowed"), ("take", "refused")}
     assert list(limiter._memory.buckets) == list(reference.buckets)  # the same recency order, the same evictions
 
 
 def test_a_clients_next_request_is_worked_out_in_one_step() -> None:
     # The first request of a client address makes its buckets (MemoryBuckets.take); the
-    # limiter remembers them, so the next is worked out in one step, with its field lines.
+    # limiter remembers them, so the next is worked out in one step, with its field lines (a
+    # ReadyTake).
     from mangu.config import load_settings
     from mangu.metrics import Metrics
-    from mangu.ratelimit.limiter import RateLimiter
+    from mangu.ratelimit.limiter import Decision, RateLimiter
 
     limiter = RateLimiter(load_settings({"JWT_SECRET": "x" * 32}), Metrics(version="test"))
     for address in ("10.0.0.1", "10.0.0.2"):
         first = limiter.take_request_now("general", None, address, None)
         second = limiter.take_request_now("general", None, address, None)
-        assert first is not None and second is not None
-        assert (first.allowed, first.field_lines) == (True, "")
-        assert second.allowed and "X-Ratelimit-Remaining: 98\r\n" in second.field_lines
+        assert type(first) is Decision and first.allowed
+        assert type(second) is tuple and "X-Ratelimit-Remaining: 98\r\n" in second[0]  # a ReadyTake
 
 
 def test_the_decimals_of_the_field_lines_are_remembered_within_a_bound() -> None:

@@ -10,7 +10,7 @@ the last decision (the endpoint's tier, or the auth tier after a login attempt).
 
 ``response_headers`` gives the fields as a dict for ``HTTPHeaders``. In the common case (one
 allowed request decision, answered from memory) the limiter gives them as ready field lines
-(``Decision.field_lines``, from ``field_line_parts``), which the server's connection
+(a ``ReadyTake``, from ``field_line_parts``), which the server's connection
 (``mangu.http1``) writes after the others: the same lines, for less work.
 """
 
@@ -51,18 +51,23 @@ def response_headers(decisions: Sequence[Decision], now: float | None = None) ->
     }
 
 
-def field_line_parts(policy: Policy, burst: Policy) -> tuple[str, str, str]:
+def field_line_parts(policy: Policy, burst: Policy) -> tuple[str, str, str, str]:
     """What the field lines of an allowed request decision (``policy`` then ``burst``) have
     the same every time, for ``RateLimiter.take_request_now`` to fill in: the text before the
-    first bucket's remaining tokens, between the two buckets' items, and before
-    ``X-RateLimit-Remaining``'s value. The lines are ``response_headers``, CRLF after each,
-    names as Tornado writes them (Http-Header-Case), in the order of ``response_headers``.
+    first bucket's remaining tokens, between the two buckets' items, before
+    ``X-RateLimit-Remaining``'s value, and, when the burst bucket was full before the take
+    (its usual state), all of the text from between the items to that value. The lines are
+    ``response_headers``, CRLF after each, names as Tornado writes them (Http-Header-Case),
+    in the order of ``response_headers``.
 
     The values are numbers and policy names (lowercase words, see ``Policy``), so no line
     can carry a CR or LF of its own.
     """
+    between = f', "{burst.name}";r='
+    limit = f"X-Ratelimit-Limit: {policy.limit}\r\nX-Ratelimit-Remaining: "
+    # a full burst bucket less one token: seconds to full, as the bucket's refill rate gives them
+    rested = f"{between}{burst.limit - 1};t={math.ceil(1.0 / (burst.limit * 1000 / burst.window_ms))}\r\n{limit}"
     return (
         f"Ratelimit-Policy: {policy.header_item}, {burst.header_item}\r\nRatelimit: \"{policy.name}\";r=",
-        f', "{burst.name}";r=',
-        f"X-Ratelimit-Limit: {policy.limit}\r\nX-Ratelimit-Remaining: ",
+        between, limit, rested,
     )

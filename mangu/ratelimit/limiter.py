@@ -71,9 +71,6 @@ class Decision(NamedTuple):
     policies: Sequence[Policy]  # as enforced (divided while answering from memory)
     quotas: Sequence[Quota]
     backend: str
-    # The response's rate-limit fields as ready field lines (``mangu.http1``), when the limiter
-    # made them: for an allowed request decision answered from memory (``take_request_now``).
-    field_lines: str = ""
 
     @property
     def primary(self) -> tuple[Policy, Quota]:
@@ -97,21 +94,19 @@ class Decision(NamedTuple):
         return max(quota.retry_after for quota in self.quotas)
 
 
-_new_decision = tuple.__new__  # Decision(...) without NamedTuple's __new__ in Python, on the hot path
+# What take_request_now answers for an allowed request it works out in one step (memory, two
+# buckets that exist): (field_lines, policies, tokens1, reset1, tokens2, reset2). The field
+# lines are the response's rate-limit fields, ready for the server's connection
+# (mangu.http1); the rest is what ready_decision makes the Decision of, should one be needed
+# (a later decision in the request, an error response), which most requests never ask for. A
+# plain tuple costs a fraction of a Decision to make.
+ReadyTake = tuple[str, tuple[Policy, Policy], float, float, float, float]
 
 
-class _ReadyDecision(Decision):
-    """An allowed decision of ``RateLimiter.take_request_now`` (field lines ready): it holds
-    the two buckets' tokens and reset times, and makes its ``Quota`` objects only when asked
-    (a later decision, an error response), which most requests never do. Its tuple holds
-    those four numbers where a ``Decision`` holds its quotas."""
-
-    __slots__ = ()
-
-    @property
-    def quotas(self) -> tuple[Quota, Quota]:  # type: ignore[override]
-        tokens1, reset1, tokens2, reset2 = tuple.__getitem__(self, 2)
-        return Quota(int(tokens1), reset1, 0.0), Quota(int(tokens2), reset2, 0.0)
+def ready_decision(ready: ReadyTake) -> Decision:
+    """The Decision of a ReadyTake: allowed, with each bucket's quota."""
+    _, policies, tokens1, reset1, tokens2, reset2 = ready
+    return Decision(True, policies, (Quota(int(tokens1), reset1, 0.0), Quota(int(tokens2), reset2, 0.0)), MEMORY)
 
 
 class _MemoryPlan(NamedTuple):
@@ -131,6 +126,11 @@ class _MemoryPlan(NamedTuple):
     lines_head: str
     lines_between: str
     lines_limit: str
+    lines_rested: str  # from lines_between to lines_limit's end, when the burst bucket was full
+    # the burst bucket's tokens after a take from a full one, and its refill rate (as
+    # MemoryBuckets._insert makes a bucket of this size): when lines_rested applies
+    rested_tokens: float
+    rested_rate: float
     # the clients seen lately, by address (peer, X-Forwarded-For): [the two bucket keys, as
     # request_key makes them, and the two buckets as last seen in the store] (_client)
     clients: dict[tuple[str, str | None], list]
@@ -235,15 +235,16 @@ class RateLimiter:
         return await self.take(self._policies_of(tier), (key, key))
 
     def take_request_now(self, tier: str | Policy, user_id: str | None, peer: str,
-                         forwarded_for: str | None) -> Decision | None:
+                         forwarded_for: str | None) -> Decision | ReadyTake | None:
         """``take_request`` without waiting, when memory decides (no Redis configured, or in
         fallback): the hot path of every limited request then costs no coroutine. None while
         Redis decides: await ``take_request`` then. The request's key is the one
         ``request_key`` gives for the same arguments.
 
         An allowed take of two buckets that exist is worked out here in one step, field
-        lines included (``Decision.field_lines``); anything else (a new bucket, a changed
-        capacity, a refusal) goes to ``MemoryBuckets.take``, which answers alike.
+        lines included, and answered as a ``ReadyTake`` (``ready_decision`` gives its
+        Decision); anything else (a new bucket, a changed capacity, a refusal) goes to
+        ``MemoryBuckets.take``, and is answered with a Decision.
         """
         if self._on_redis:
             return None
@@ -253,7 +254,7 @@ class RateLimiter:
         if self._fallback_answers is not None:
             self._fallback_answers.inc()
         (policies, allowed_count, prefix1, capacity1, window1, prefix2, capacity2, window2,
-         head, between, limit, clients) = plan
+         head, between, limit, rested, rested_tokens, rested_rate, clients) = plan
         store = self._memory.buckets
         if user_id is None:
             # A client address's bucket keys and buckets, remembered: no key to make, no
@@ -296,22 +297,23 @@ class RateLimiter:
                 # headers.response_headers of this decision, as field lines
                 remaining1 = _floor(tokens1)
                 seconds1 = _ceil(reset1)
-                remaining2 = _floor(tokens2)
-                seconds2 = _ceil(reset2)
                 at = _ceil(_wall() + reset1)
                 decimal = _decimal
                 while True:
                     try:
                         text1 = decimal[remaining1]
-                        lines = (
-                            f"{head}{text1};t={decimal[seconds1]}{between}{decimal[remaining2]};"
-                            f"t={decimal[seconds2]}\r\n{limit}{text1}\r\n"
-                            f"X-Ratelimit-Reset: {decimal[at]}\r\n"
-                        )
+                        if tokens2 == rested_tokens and rate2 == rested_rate:  # the burst bucket was full
+                            lines = (f"{head}{text1};t={decimal[seconds1]}{rested}{text1}\r\n"
+                                     f"X-Ratelimit-Reset: {decimal[at]}\r\n")
+                        else:
+                            lines = (
+                                f"{head}{text1};t={decimal[seconds1]}{between}{decimal[_floor(tokens2)]};"
+                                f"t={decimal[_ceil(reset2)]}\r\n{limit}{text1}\r\nX-Ratelimit-Reset: {decimal[at]}\r\n"
+                            )
                         break
                     except KeyError as missing:
                         _learn_decimal(missing.args[0])
-                return _new_decision(_ReadyDecision, (True, policies, (tokens1, reset1, tokens2, reset2), MEMORY, lines))
+                return lines, policies, tokens1, reset1, tokens2, reset2
         allowed, quotas = self._memory.take(((key1, capacity1, window1), (key2, capacity2, window2)))
         if entry is not None:  # the buckets take made or found
             entry[2] = store.get(key1, GONE)
@@ -350,7 +352,8 @@ class RateLimiter:
             (policy, burst), self._decision_counter(policy.name, "allowed"),
             f"{policy.name}:", float(policy.limit), policy.window_ms,
             f"{burst.name}:", float(burst.limit), burst.window_ms,
-            *field_line_parts(policy, burst), {},
+            *field_line_parts(policy, burst), float(burst.limit) - 1.0, float(burst.limit) * 1000 / burst.window_ms,
+            {},
         ))
         return plan
 
