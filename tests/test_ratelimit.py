@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support.app import RunningApp, json_body
-from tests.support.ratelimit import add_routes, backend_in_use, metric
+from tests.support.ratelimit import add_routes, answered_from_memory, backend_in_use, metric
 
 NO_BURST = {"RATE_LIMIT_BURST": 1_000_000}  # for tests about the window tiers alone
 
@@ -51,10 +51,21 @@ def assert_refused(response: Any, policy: str) -> int:
     return retry
 
 
-async def test_150_requests_first_100_pass_the_rest_get_429(start_limited: Callable[..., Any]) -> None:
-    app = await start_limited(**NO_BURST)
-    started = time.time()
-    responses = await fetch_all(app, "/test/general", 150)
+async def test_150_requests_first_100_pass_the_rest_get_429(start_limited: Callable[..., Any], backend: str,
+                                                           request: pytest.FixtureRequest) -> None:
+    for _ in range(3):
+        app = await start_limited(**NO_BURST)
+        started = time.time()
+        responses = await fetch_all(app, "/test/general", 150)
+        if backend == "memory" or not answered_from_memory(app):
+            break
+        # On Redis, 150 round trips in a row: a machine that holds the test's redis-server (or
+        # this process) up past RATE_LIMIT_REDIS_TIMEOUT (50 ms at most) makes the limiter
+        # answer from memory, as designed (tests/test_ratelimit_redis.py), and this count is
+        # about Redis: again, on a clean Redis.
+        request.getfixturevalue("redis_server").cli("FLUSHALL")
+    else:
+        pytest.fail("every attempt fell back to memory: Redis kept missing its 50 ms deadline")
     assert [r.code for r in responses] == [200] * 100 + [429] * 50
 
     first, last_ok, refused = responses[0], responses[99], responses[100]

@@ -70,3 +70,10 @@ def backend_in_use(app: RunningApp) -> str:
     shown = [b for b in ("redis", "memory") if metric(app, "mangu_ratelimit_backend", backend=b) == 1]
     assert len(shown) == 1, shown
     return shown[0]
+
+
+def answered_from_memory(app: RunningApp) -> bool:
+    """Whether any take was answered from memory although Redis is configured (a timeout, an
+    outage or overload: each counted by reason)."""
+    return any(metric(app, "mangu_ratelimit_memory_answers_total", reason=reason) > 0
+               for reason in ("redis_down", "overloaded"))
