@@ -10,7 +10,8 @@ its proxy), so the limiter keys one bucket pair per address. The limits are set 
 that nothing is refused: what is measured is the cost of deciding. Rounds alternate the
 configurations so drift in machine speed hits them all; the median round is reported, with
 the CPU use of the server, wrk and redis-server over the measured run (a process near 100%
-of one core is the bottleneck). With two CPUs or more, the server has the last CPU to itself
+of one core is the bottleneck), and then the median of each round's own ratios (a round's
+configurations run back to back). With two CPUs or more, the server has the last CPU to itself
 and wrk and redis-server share the others (``--no-pin`` leaves placement to the scheduler),
 so that where the scheduler puts the load generator is not part of what is measured.
 Goals: memory >= 0.95 and Redis >= 0.70 of no limiter.
@@ -286,6 +287,11 @@ def main() -> None:
         print(f"{mode}: busiest process {busiest[0]} at {busiest[1]:.0%} of one core: {verdict}")
     print("every round (req/s): " + "; ".join(
         f"{mode} " + ", ".join(f"{r['rps']:.0f}" for r in results[mode]) for mode in MODES))
+    # Each round's own ratios (its configurations ran back to back, about half a minute apart):
+    # less moved by drift in the machine's speed over the run than the ratio of medians.
+    paired = {mode: statistics.median(r["rps"] / none["rps"] for r, none in zip(results[mode], results["none"]))
+              for mode in ("memory", "redis")}
+    print(f"median of each round's ratio: memory {paired['memory']:.3f}x, redis {paired['redis']:.3f}x")
     memory, redis_ratio = median("memory", "rps") / baseline, median("redis", "rps") / baseline
     print(f"goal: memory >= 0.95x: {'met' if memory >= 0.95 else 'NOT met'} ({memory:.2f}x); "
           f"redis >= 0.70x: {'met' if redis_ratio >= 0.70 else 'NOT met'} ({redis_ratio:.2f}x)")
