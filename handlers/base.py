@@ -17,8 +17,8 @@ from mangu.clientip import client_ip
 from mangu.db import DatabaseUnavailable
 from mangu.log import bind_context, redact_text
 from mangu.ratelimit import Decision, Policy, RateLimitUnavailable
-from mangu.ratelimit.limiter import ReadyTake, ready_decision
 from mangu.ratelimit.headers import response_headers, retry_after_seconds
+from mangu.ratelimit.limiter import ReadyTake, ready_decision
 from mangu.store.errors import Conflict, NotFound, ValidationError
 
 if TYPE_CHECKING:
