@@ -146,7 +146,7 @@ class MemoryBuckets:
 
     def _insert(self, key: str, capacity: int, window_ms: int, now: float) -> TokenBucket:
         store = self.buckets
-        bucket = store[key] = TokenBucket(capacity, capacity * 1000 / window_ms, now)
+        bucket = store[key] = TokenBucket(capacity, refill_rate(capacity, window_ms), now)
         if len(store) > self.max_keys:
             _drop(store.popitem(last=False)[1])
             if self._on_evict is not None:
@@ -166,6 +166,13 @@ class MemoryBuckets:
             _drop(bucket)
             if not store:
                 return
+
+
+def refill_rate(capacity: float, window_ms: int) -> float:
+    """Tokens a second of a bucket of ``capacity`` that refills completely in ``window_ms``:
+    the rate of the buckets ``MemoryBuckets`` makes (the limiter's ready field lines rely on
+    getting the very same float)."""
+    return capacity * 1000 / window_ms
 
 
 def _drop(bucket: TokenBucket) -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from mangu.ratelimit.bucket import refill_rate
 from mangu.ratelimit.policies import Policy
 
 if TYPE_CHECKING:  # the limiter builds field lines with field_line_parts
@@ -65,8 +66,9 @@ def field_line_parts(policy: Policy, burst: Policy) -> tuple[str, str, str, str]
     """
     between = f', "{burst.name}";r='
     limit = f"X-Ratelimit-Limit: {policy.limit}\r\nX-Ratelimit-Remaining: "
-    # a full burst bucket less one token: seconds to full, as the bucket's refill rate gives them
-    rested = f"{between}{burst.limit - 1};t={math.ceil(1.0 / (burst.limit * 1000 / burst.window_ms))}\r\n{limit}"
+    # a full burst bucket less one token: seconds to full, at the rate of its memory bucket
+    seconds = math.ceil(1.0 / refill_rate(float(burst.limit), burst.window_ms))
+    rested = f"{between}{burst.limit - 1};t={seconds}\r\n{limit}"
     return (
         f"Ratelimit-Policy: {policy.header_item}, {burst.header_item}\r\nRatelimit: \"{policy.name}\";r=",
         between, limit, rested,

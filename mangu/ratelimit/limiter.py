@@ -23,7 +23,7 @@ from redis.retry import Retry
 from mangu.clientip import client_ip
 from mangu.config import Settings
 from mangu.metrics import Metrics, Tally
-from mangu.ratelimit.bucket import GONE, MemoryBuckets, Quota
+from mangu.ratelimit.bucket import GONE, MemoryBuckets, Quota, refill_rate
 from mangu.ratelimit.headers import field_line_parts
 from mangu.ratelimit.keys import ip_key, user_key, username_key
 from mangu.ratelimit.policies import Policy, Tiers
@@ -127,8 +127,8 @@ class _MemoryPlan(NamedTuple):
     lines_between: str
     lines_limit: str
     lines_rested: str  # from lines_between to lines_limit's end, when the burst bucket was full
-    # the burst bucket's tokens after a take from a full one, and its refill rate (as
-    # MemoryBuckets._insert makes a bucket of this size): when lines_rested applies
+    # the burst bucket's tokens after a take from a full one, and its refill rate
+    # (bucket.refill_rate): when lines_rested applies
     rested_tokens: float
     rested_rate: float
     # the clients seen lately, by address (peer, X-Forwarded-For): [the two bucket keys, as
@@ -352,7 +352,8 @@ class RateLimiter:
             (policy, burst), self._decision_counter(policy.name, "allowed"),
             f"{policy.name}:", float(policy.limit), policy.window_ms,
             f"{burst.name}:", float(burst.limit), burst.window_ms,
-            *field_line_parts(policy, burst), float(burst.limit) - 1.0, float(burst.limit) * 1000 / burst.window_ms,
+            *field_line_parts(policy, burst),
+            float(burst.limit) - 1.0, refill_rate(float(burst.limit), burst.window_ms),
             {},
         ))
         return plan
