@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from mangu.ratelimit import Policy, TokenBucket
-from mangu.ratelimit.bucket import MemoryBuckets, Quota
+from mangu.ratelimit.bucket import RECENCY_STEP, MemoryBuckets, Quota
 
 
 def test_bucket_allows_capacity_then_says_when_to_retry() -> None:
@@ -74,6 +74,26 @@ def test_memory_stays_bounded_after_a_million_distinct_keys() -> None:
     # the most recent keys are the ones kept, with their state
     assert store.take([("general:ip:999999", 100, 900_000)])[1][0].remaining == 98
     assert store.take([("general:ip:0", 100, 900_000)])[1][0].remaining == 99  # dropped: back full
+
+
+def test_memory_counts_recency_to_within_the_recency_step() -> None:
+    # A bucket used again sooner than RECENCY_STEP after it last went to the recent end keeps
+    # its place; used a step or more later, it goes there again. So the store evicts a client
+    # in steady use after one that has gone quiet, without reordering on every take.
+    now = [0.0]
+    store = MemoryBuckets(max_keys=16, clock=lambda: now[0])
+    window = 900_000  # no bucket refills within the test, so the sweep drops none
+    for i in range(16):
+        store.take([(f"k{i}", 10, window)])
+    now[0] = RECENCY_STEP / 2
+    store.take([("k0", 10, window)])
+    assert next(iter(store.buckets)) == "k0"  # within the step: still the least recent
+    now[0] = RECENCY_STEP
+    store.take([("k0", 10, window)])
+    assert list(store.buckets)[-1] == "k0"  # a step after its last move: the most recent
+    store.take([("k16", 10, window)])  # a 17th key evicts the least recently used
+    assert "k1" not in store.buckets
+    assert store.take([("k0", 10, window)])[1][0].remaining == 6  # k0 kept, with its three takes
 
 
 def test_memory_sweeps_buckets_that_have_refilled_once_half_full() -> None:

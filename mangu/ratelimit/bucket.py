@@ -16,6 +16,10 @@ from typing import NamedTuple
 
 _ALLOWED = (True, 0.0)  # shared: an allowed take allocates nothing
 _MIN_KEYS = 16  # far more than the buckets of one take (two or three)
+# Seconds to which MemoryBuckets counts recency: a bucket used again sooner than this after
+# its last move to the recent end of the order stays where it is (two OrderedDict moves
+# fewer on most requests, RateLimiter.take_request_now's hot path among them).
+RECENCY_STEP = 1.0
 
 
 class TokenBucket:
@@ -24,7 +28,7 @@ class TokenBucket:
     Times are seconds on any monotonic clock (``time.monotonic`` unless ``now`` is given).
     """
 
-    __slots__ = ("capacity", "rate", "tokens", "stamp")
+    __slots__ = ("capacity", "rate", "tokens", "stamp", "moved")
 
     def __init__(self, capacity: float, refill_per_second: float, now: float | None = None) -> None:
         if capacity <= 0 or refill_per_second <= 0:
@@ -32,7 +36,7 @@ class TokenBucket:
         self.capacity = float(capacity)
         self.rate = float(refill_per_second)
         self.tokens = self.capacity
-        self.stamp = time.monotonic() if now is None else now
+        self.stamp = self.moved = time.monotonic() if now is None else now
 
     def refill(self, now: float) -> float:
         """Bring the bucket up to ``now`` and return the tokens in it."""
@@ -73,9 +77,12 @@ class MemoryBuckets:
     """Buckets by key in this process, with bounded memory.
 
     At most ``max_keys`` buckets are kept; the least recently used is dropped first (a
-    dropped bucket comes back full, as an expired Redis key does). Once the store is half
-    full, each new bucket also sweeps the oldest ones that have refilled completely, so a
-    flood of keys that has passed does not keep the store full.
+    dropped bucket comes back full, as an expired Redis key does). Recency is counted to
+    within ``RECENCY_STEP``: a bucket goes to the recent end of the order when it is used
+    that long or longer after it last went there (``moved``), so a busy client's takes
+    seldom reorder anything. Once the store is half full, each new bucket also sweeps the
+    oldest ones that have refilled completely, so a flood of keys that has passed does not
+    keep the store full.
 
     A bucket that leaves the store (evicted, swept, or replaced by one of another capacity)
     is emptied to capacity 0 (``_drop``): whoever still holds it (the limiter keeps the
@@ -122,7 +129,9 @@ class MemoryBuckets:
                 bucket = self._insert(key, capacity, window_ms, now)
                 inserted = True
             else:
-                store.move_to_end(key)
+                if now - bucket.moved >= RECENCY_STEP:
+                    store.move_to_end(key)
+                    bucket.moved = now
                 elapsed = now - bucket.stamp
                 if elapsed > 0:  # TokenBucket.refill, inlined: this is the hot path
                     tokens = bucket.tokens + elapsed * bucket.rate

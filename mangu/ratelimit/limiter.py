@@ -23,7 +23,7 @@ from redis.retry import Retry
 from mangu.clientip import client_ip
 from mangu.config import Settings
 from mangu.metrics import Metrics, Tally
-from mangu.ratelimit.bucket import GONE, MemoryBuckets, Quota, refill_rate
+from mangu.ratelimit.bucket import GONE, RECENCY_STEP, MemoryBuckets, Quota, refill_rate
 from mangu.ratelimit.headers import field_line_parts
 from mangu.ratelimit.keys import ip_key, user_key, username_key
 from mangu.ratelimit.policies import Policy, Tiers
@@ -150,7 +150,7 @@ class RateLimiter:
         self._timeout = settings.rate_limit_redis_timeout / 1000
         self._probe_interval = settings.rate_limit_probe_interval / 1000
         self._memory = MemoryBuckets(settings.rate_limit_memory_max_keys, on_evict=self._evicted, clock=clock)
-        self._move_to_end = self._memory.buckets.move_to_end  # bound once: two calls per request
+        self._move_to_end = self._memory.buckets.move_to_end  # bound once, for the hot path (take_request_now)
         self._clock = clock
         self._redis: RedisBuckets | None = None
         self._on_redis = False
@@ -284,10 +284,14 @@ class RateLimiter:
             if tokens2 > capacity2:
                 tokens2 = capacity2
             if tokens1 >= 1.0 and tokens2 >= 1.0 and first is not second:
-                # ... and a take from both, when both have a token (else take decides).
-                move_to_end = self._move_to_end
-                move_to_end(key1)
-                move_to_end(key2)
+                # ... and a take from both, when both have a token (else take decides); a
+                # bucket moved to the recent end within RECENCY_STEP stays where it is.
+                if now - first.moved >= RECENCY_STEP:
+                    self._move_to_end(key1)
+                    first.moved = now
+                if now - second.moved >= RECENCY_STEP:
+                    self._move_to_end(key2)
+                    second.moved = now
                 first.tokens = tokens1 = tokens1 - 1.0
                 second.tokens = tokens2 = tokens2 - 1.0
                 first.stamp = second.stamp = now
