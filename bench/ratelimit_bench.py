@@ -1,20 +1,34 @@
 """Throughput and latency of one JSON endpoint with no limiter, the memory limiter and the
 Redis limiter, side by side in one run.
 
-    .venv/bin/python bench/ratelimit_bench.py [--duration 10] [--connections 64] [--threads 2] [--rounds 5]
+    .venv/bin/python bench/ratelimit_bench.py [--sets 6] [--rounds 4] [--duration 5] [--connections 64]
+    .venv/bin/python bench/ratelimit_bench.py --sequential [--rounds 5] [--duration 10]
 
 Each configuration runs the real app (services, handlers, the access log at WARNING) in a
 server process of its own; ``wrk`` loads it from another process, every request carrying an
-``X-Forwarded-For`` from a pool of client addresses (``--clients``, 1,000) (the server trusts 127.0.0.1 as
-its proxy), so the limiter keys one bucket pair per address. The limits are set high enough
-that nothing is refused: what is measured is the cost of deciding. Rounds alternate the
-configurations so drift in machine speed hits them all; the median round is reported, with
-the CPU use of the server, wrk and redis-server over the measured run (a process near 100%
-of one core is the bottleneck), and then the median of each round's own ratios (a round's
-configurations run back to back). With two CPUs or more, the server has the last CPU to itself
-and wrk and redis-server share the others (``--no-pin`` leaves placement to the scheduler),
-so that where the scheduler puts the load generator is not part of what is measured.
-Goals: memory >= 0.95 and Redis >= 0.70 of no limiter.
+``X-Forwarded-For`` from a pool of client addresses (``--clients``, 1,000) (the server trusts
+127.0.0.1 as its proxy), so the limiter keys one bucket pair per address. The limits are set
+high enough that nothing is refused: what is measured is the cost of deciding. With two CPUs
+or more, the servers have the last CPU to themselves and wrk and redis-server share the
+others (``--no-pin`` leaves placement to the scheduler), so that where the scheduler puts
+the load generator is not part of what is measured.
+
+By default the three servers run at the same time, on that one CPU, each loaded by a wrk of
+its own for the same ``--duration`` (a round); the kernel shares the CPU among them, so a
+change in the machine's speed (which on a shared virtual machine moves one server's
+throughput by 10% from one few-second run to the next) hits all three alike, and each
+round's ratio of requests served compares them under the very same conditions. Each server's
+CPU time is read too: requests per CPU-second (the throughput of a server with a core to
+itself) gives the same ratios when the CPU is shared fairly. ``--sets`` fresh sets of servers
+(``--rounds`` rounds each) average out what differs from one server process to another
+(memory layout, hash seeds). Reported: the median round's figures per configuration, then
+the median of the rounds' ratios with a 95% interval (bootstrap), which the goals are
+checked against.
+
+``--sequential`` loads one server at a time instead (the method of the first benchmark
+runs): a new server per configuration and round, alternating, the median round reported,
+with each process's CPU use over the measured run. Its ratios move with the machine's speed
+between runs. Goals: memory >= 0.95 and Redis >= 0.70 of no limiter.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import resource
 import shutil
@@ -154,7 +169,7 @@ def to_ms(text: str) -> float:
 
 
 def placement(args: argparse.Namespace) -> tuple[set[int] | None, set[int] | None]:
-    """CPUs for (the server, wrk and redis-server): the last one, and the others; None for any."""
+    """CPUs for (the servers, wrk and redis-server): the last one, and the others; None for any."""
     cpus = sorted(os.sched_getaffinity(0))
     if not args.pin or len(cpus) < 2:
         return None, None
@@ -166,71 +181,190 @@ def pinned(cpus: set[int] | None) -> Any:
     return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 
-def run_wrk(url: str, args: argparse.Namespace, script: str, duration: int) -> dict[str, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
+def start_wrk(url: str, args: argparse.Namespace, script: str, duration: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency", "-s", script, url],
-        capture_output=True, text=True, check=True, timeout=duration + 60, preexec_fn=pinned(placement(args)[1]),
-    ).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=pinned(placement(args)[1]),
+    )
+
+
+def wrk_result(wrk: subprocess.Popen[str], duration: int) -> dict[str, float]:
+    """Requests/s and p50/p99 latency (ms) of a wrk run, once it has ended."""
+    out = wrk.communicate(timeout=duration + 60)[0]
+    if wrk.returncode:
+        raise RuntimeError(f"wrk failed:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     if errors or socket_errors:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     return {
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50": to_ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
         "p99": to_ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
-        "wrk_cpu": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / duration,
     }
 
 
-def measure(mode: str, args: argparse.Namespace, script: str, redis_pid: int | None, redis_url: str) -> dict[str, float]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", mode, "--port", str(port), "--redis-url", redis_url],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=pinned(placement(args)[0]),
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base + "/ping")
-        run_wrk(base + PATH, args, script, args.warmup)
-        stats_before = _stats(base)
-        server_cpu, redis_cpu = cpu_seconds(server.pid), cpu_seconds(redis_pid) if redis_pid else 0.0
-        started = time.monotonic()
-        result = run_wrk(base + PATH, args, script, args.duration)
-        elapsed = time.monotonic() - started
-        result["server_cpu"] = (cpu_seconds(server.pid) - server_cpu) / elapsed
-        result["cpu_us"] = result["server_cpu"] / result["rps"] * 1e6
-        result["redis_cpu"] = (cpu_seconds(redis_pid) - redis_cpu) / elapsed if redis_pid and mode == "redis" else 0.0
-        stats = _stats(base)
-        batches = stats["batches"] - stats_before["batches"]
-        result["batch"] = (stats["batched"] - stats_before["batched"]) / batches if batches else 0.0
-        if mode == "redis" and stats["backend"] != "redis":
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Server:
+    """A bench server process (``--serve MODE``) on a port of its own."""
+
+    def __init__(self, mode: str, args: argparse.Namespace, redis_url: str) -> None:
+        self.mode = mode
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve", mode, "--port", str(port), "--redis-url", redis_url],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            preexec_fn=pinned(placement(args)[0]),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        import json
+
+        with urllib.request.urlopen(self.base + "/bench/stats", timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def run_round(servers: list[Server], args: argparse.Namespace, script: str, duration: int,
+              redis_pid: int | None) -> dict[str, dict[str, float]]:
+    """Load ``servers`` at the same time, each with a wrk of its own, for ``duration`` seconds:
+    each one's wrk figures, CPU use and requests per EVALSHA."""
+    cpu_before = {server.mode: cpu_seconds(server.process.pid) for server in servers}
+    stats_before = {server.mode: server.stats() for server in servers}
+    redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
+    wrk_before = children_cpu()
+    started = time.monotonic()
+    wrks = [start_wrk(server.base + PATH, args, script, duration) for server in servers]
+    results = [wrk_result(wrk, duration) for wrk in wrks]
+    elapsed = time.monotonic() - started
+    redis_cpu = (cpu_seconds(redis_pid) - redis_before) / elapsed if redis_pid else 0.0
+    wrk_cpu = (children_cpu() - wrk_before) / elapsed
+    round_: dict[str, dict[str, float]] = {}
+    for server, result in zip(servers, results):
+        cpu = cpu_seconds(server.process.pid) - cpu_before[server.mode]
+        stats, before = server.stats(), stats_before[server.mode]
+        if server.mode == "redis" and stats["backend"] != "redis":
             raise RuntimeError("the Redis limiter fell back to memory during the run")
-        return result
-    finally:
-        server.terminate()
-        server.wait(10)
+        batches = stats["batches"] - before["batches"]
+        result.update(
+            server_cpu=cpu / elapsed, cpu_us=cpu / result["requests"] * 1e6, per_cpu_second=result["requests"] / cpu,
+            wrk_cpu=wrk_cpu, redis_cpu=redis_cpu if server.mode == "redis" else 0.0,
+            batch=(stats["batched"] - before["batched"]) / batches if batches else 0.0,
+        )
+        round_[server.mode] = result
+    return round_
 
 
-def _stats(base: str) -> dict[str, float]:
-    import json
+def side_by_side(args: argparse.Namespace, script: str, redis_pid: int, redis_url: str) -> list[dict[str, dict[str, float]]]:
+    """``--sets`` sets of the three servers, each loaded ``--rounds`` times all at once."""
+    rounds = []
+    for _ in range(args.sets):
+        servers = [Server(mode, args, redis_url) for mode in MODES]
+        try:
+            for server in servers:
+                wait_ready(server.base + "/ping")
+            run_round(servers, args, script, args.warmup, redis_pid)
+            for _ in range(args.rounds):
+                rounds.append(run_round(servers, args, script, args.duration, redis_pid))
+        finally:
+            for server in servers:
+                server.stop()
+    return rounds
 
-    with urllib.request.urlopen(base + "/bench/stats", timeout=5) as response:
-        return json.loads(response.read())
+
+def sequential(args: argparse.Namespace, script: str, redis_pid: int, redis_url: str) -> list[dict[str, dict[str, float]]]:
+    """``--rounds`` rounds, each loading a new server per configuration, one after the other."""
+    rounds = []
+    for _ in range(args.rounds):
+        round_ = {}
+        for mode in MODES:
+            server = Server(mode, args, redis_url)
+            try:
+                wait_ready(server.base + "/ping")
+                run_round([server], args, script, args.warmup, redis_pid)
+                round_.update(run_round([server], args, script, args.duration, redis_pid))
+            finally:
+                server.stop()
+        rounds.append(round_)
+    return rounds
+
+
+def median_interval(values: list[float], resamples: int = 4000) -> tuple[float, float, float]:
+    """The median of ``values`` and a 95% bootstrap interval for it (a fixed seed: the same
+    values give the same interval)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return statistics.median(values), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def report(args: argparse.Namespace, rounds: list[dict[str, dict[str, float]]], load_before: float) -> None:
+    def median(mode: str, field: str) -> float:
+        return statistics.median(r[mode][field] for r in rounds)
+
+    server_cpus, load_cpus = placement(args)
+    where = "unpinned"
+    if server_cpus and load_cpus:
+        where = f"servers on CPU {sorted(server_cpus)}, wrk and redis-server on {sorted(load_cpus)}"
+    if args.sequential:
+        method = f"one server at a time, {args.rounds} rounds"
+    else:
+        method = f"the three servers side by side, {args.sets} sets of {args.rounds} rounds"
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs ({where}); wrk -t{args.threads} -c{args.connections}"
+          f" -d{args.duration}s --latency per server; {method}; {args.clients} client addresses;"
+          f" load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"{'limiter':<8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>11} {'µs CPU/req':>10}"
+          f" {'req/CPU-s':>10} {'wrk CPU':>8} {'redis CPU':>10} {'reqs/EVALSHA':>13}")
+    for mode in MODES:
+        print(f"{mode:<8} {median(mode, 'rps'):>8.0f} {median(mode, 'p50'):>7.2f} {median(mode, 'p99'):>7.2f}"
+              f" {median(mode, 'server_cpu'):>10.0%} {median(mode, 'cpu_us'):>10.1f}"
+              f" {median(mode, 'per_cpu_second'):>10.0f} {median(mode, 'wrk_cpu'):>8.0%}"
+              f" {median(mode, 'redis_cpu'):>10.0%} {median(mode, 'batch'):>13.1f}")
+    print("every round (req/s): " + "; ".join(
+        f"{mode} " + ", ".join(f"{r[mode]['rps']:.0f}" for r in rounds) for mode in MODES))
+    # Each round's own ratios: its configurations ran at the same time (side by side) or
+    # back to back (sequential), so drift in the machine's speed moves them less than it
+    # moves the ratio of medians.
+    verdicts = []
+    for mode, goal in (("memory", 0.95), ("redis", 0.70)):
+        ratios = [r[mode]["rps"] / r["none"]["rps"] for r in rounds]
+        per_cpu = [r[mode]["per_cpu_second"] / r["none"]["per_cpu_second"] for r in rounds]
+        mid, low, high = median_interval(ratios)
+        cpu_mid, cpu_low, cpu_high = median_interval(per_cpu)
+        print(f"{mode} vs none, median of {len(rounds)} rounds' ratios: requests {mid:.3f}x (95% interval {low:.3f}-{high:.3f});"
+              f" requests per CPU-second {cpu_mid:.3f}x ({cpu_low:.3f}-{cpu_high:.3f}); ratio of medians"
+              f" {median(mode, 'rps') / median('none', 'rps'):.3f}x")
+        verdicts.append(f"{mode} >= {goal:.2f}x: {'met' if mid >= goal else 'NOT met'} ({mid:.3f}x"
+                        f"{', the whole interval above' if low >= goal else ''})")
+    print("goal: " + "; ".join(verdicts))
+    if args.sequential:
+        for mode in MODES:
+            busiest = max(("server", median(mode, "server_cpu")), ("wrk", median(mode, "wrk_cpu")),
+                          ("redis-server", median(mode, "redis_cpu")), key=lambda item: item[1])
+            verdict = "CPU-bound" if busiest[1] >= 0.9 else "no process CPU-bound (latency-bound, or the CPUs are shared)"
+            print(f"{mode}: busiest process {busiest[0]} at {busiest[1]:.0%} of one core: {verdict}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of each measured wrk run")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk before each measured run")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sequential", action="store_true", help="load one server at a time (the earlier method)")
+    parser.add_argument("--duration", type=int, help="seconds of each measured wrk run (5 side by side, 10 sequential)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk before a server's first measured run")
+    parser.add_argument("--connections", type=int, default=64, help="connections of each wrk")
+    parser.add_argument("--threads", type=int, default=2, help="threads of each wrk")
+    parser.add_argument("--sets", type=int, default=6, help="fresh sets of servers (side by side)")
+    parser.add_argument("--rounds", type=int, help="measured rounds per set of servers (4), or in all (sequential, 5)")
     parser.add_argument("--clients", type=int, default=1000, help="distinct client addresses (X-Forwarded-For)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
-                        help="leave the server, wrk and redis-server wherever the scheduler puts them")
+                        help="leave the servers, wrk and redis-server wherever the scheduler puts them")
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
@@ -240,6 +374,10 @@ def main() -> None:
         return
     if not shutil.which("wrk"):
         sys.exit("wrk is needed (apt-get install wrk)")
+    if args.duration is None:
+        args.duration = 10 if args.sequential else 5
+    if args.rounds is None:
+        args.rounds = 5 if args.sequential else 4
 
     redis_port = free_port()
     redis = subprocess.Popen(
@@ -249,52 +387,17 @@ def main() -> None:
     )
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     load_before = os.getloadavg()[0]
-    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT.replace("CLIENTS", str(args.clients)))
         script.flush()
         try:
             time.sleep(0.3)
-            for _ in range(args.rounds):
-                for mode in MODES:
-                    results[mode].append(measure(mode, args, script.name, redis.pid, redis_url))
+            run = sequential if args.sequential else side_by_side
+            rounds = run(args, script.name, redis.pid, redis_url)
         finally:
             redis.terminate()
             redis.wait(10)
-
-    def median(mode: str, field: str) -> float:
-        return statistics.median(r[field] for r in results[mode])
-
-    baseline = median("none", "rps")
-    server_cpus, load_cpus = placement(args)
-    where = "unpinned"
-    if server_cpus and load_cpus:
-        where = f"server on CPU {sorted(server_cpus)}, wrk and redis-server on {sorted(load_cpus)}"
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs ({where}); wrk -t{args.threads} -c{args.connections}"
-          f" -d{args.duration}s --latency, {args.rounds} rounds, median round; {args.clients} client addresses;"
-          f" load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print(f"{'limiter':<8} {'req/s':>8} {'vs none':>8} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>11}"
-          f" {'µs CPU/req':>10} {'wrk CPU':>8} {'redis CPU':>10} {'reqs/EVALSHA':>13}")
-    for mode in MODES:
-        rps = median(mode, "rps")
-        print(f"{mode:<8} {rps:>8.0f} {rps / baseline:>7.2f}x {median(mode, 'p50'):>7.2f} {median(mode, 'p99'):>7.2f}"
-              f" {median(mode, 'server_cpu'):>10.0%} {median(mode, 'cpu_us'):>10.1f} {median(mode, 'wrk_cpu'):>8.0%}"
-              f" {median(mode, 'redis_cpu'):>10.0%} {median(mode, 'batch'):>13.1f}")
-    for mode in MODES:
-        busiest = max(("server", median(mode, "server_cpu")), ("wrk", median(mode, "wrk_cpu")),
-                      ("redis-server", median(mode, "redis_cpu")), key=lambda item: item[1])
-        verdict = "CPU-bound" if busiest[1] >= 0.9 else "no process CPU-bound (latency-bound, or the CPUs are shared)"
-        print(f"{mode}: busiest process {busiest[0]} at {busiest[1]:.0%} of one core: {verdict}")
-    print("every round (req/s): " + "; ".join(
-        f"{mode} " + ", ".join(f"{r['rps']:.0f}" for r in results[mode]) for mode in MODES))
-    # Each round's own ratios (its configurations ran back to back, about half a minute apart):
-    # less moved by drift in the machine's speed over the run than the ratio of medians.
-    paired = {mode: statistics.median(r["rps"] / none["rps"] for r, none in zip(results[mode], results["none"]))
-              for mode in ("memory", "redis")}
-    print(f"median of each round's ratio: memory {paired['memory']:.3f}x, redis {paired['redis']:.3f}x")
-    memory, redis_ratio = median("memory", "rps") / baseline, median("redis", "rps") / baseline
-    print(f"goal: memory >= 0.95x: {'met' if memory >= 0.95 else 'NOT met'} ({memory:.2f}x); "
-          f"redis >= 0.70x: {'met' if redis_ratio >= 0.70 else 'NOT met'} ({redis_ratio:.2f}x)")
+    report(args, rounds, load_before)
 
 
 if __name__ == "__main__":
