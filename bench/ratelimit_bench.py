@@ -3,6 +3,7 @@ Redis limiter, side by side in one run.
 
     .venv/bin/python bench/ratelimit_bench.py [--sets 6] [--rounds 4] [--duration 5] [--connections 64]
     .venv/bin/python bench/ratelimit_bench.py --sequential [--rounds 5] [--duration 10]
+    .venv/bin/python bench/ratelimit_bench.py --compare OTHER_CHECKOUT   # a fourth server: its memory limiter
 
 Each configuration runs the real app (services, handlers, the access log at WARNING) in a
 server process of its own; ``wrk`` loads it from another process, every request carrying an
@@ -29,6 +30,10 @@ checked against.
 runs): a new server per configuration and round, alternating, the median round reported,
 with each process's CPU use over the measured run. Its ratios move with the machine's speed
 between runs. Goals: memory >= 0.95 and Redis >= 0.70 of no limiter.
+
+``--compare OTHER_CHECKOUT`` adds a fourth server to each set: the memory limiter of that
+checkout's code (served by its own copy of this file), for telling two versions of the
+limiter apart; its ratios to no limiter and to this checkout's memory limiter are printed too.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODES = ("none", "memory", "redis")
+COMPARED = "compared"  # the memory limiter of --compare's checkout
 PATH = "/bench/books/42"
 
 # A new client address per request, cycling through CLIENTS of them.
@@ -211,15 +217,19 @@ def children_cpu() -> float:
 
 
 class Server:
-    """A bench server process (``--serve MODE``) on a port of its own."""
+    """A bench server process (``--serve MODE``) on a port of its own, of this checkout's code
+    or of ``root``'s (its own bench/ratelimit_bench.py serves it), reported as ``name``."""
 
-    def __init__(self, mode: str, args: argparse.Namespace, redis_url: str) -> None:
+    def __init__(self, mode: str, args: argparse.Namespace, redis_url: str, root: Path = ROOT,
+                 name: str | None = None) -> None:
         self.mode = mode
+        self.name = name or mode
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", mode, "--port", str(port), "--redis-url", redis_url],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [sys.executable, str(root / "bench" / "ratelimit_bench.py"), "--serve", mode, "--port", str(port),
+             "--redis-url", redis_url],
+            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             preexec_fn=pinned(placement(args)[0]),
         )
 
@@ -238,8 +248,8 @@ def run_round(servers: list[Server], args: argparse.Namespace, script: str, dura
               redis_pid: int | None) -> dict[str, dict[str, float]]:
     """Load ``servers`` at the same time, each with a wrk of its own, for ``duration`` seconds:
     each one's wrk figures, CPU use and requests per EVALSHA."""
-    cpu_before = {server.mode: cpu_seconds(server.process.pid) for server in servers}
-    stats_before = {server.mode: server.stats() for server in servers}
+    cpu_before = {server.name: cpu_seconds(server.process.pid) for server in servers}
+    stats_before = {server.name: server.stats() for server in servers}
     redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
     wrk_before = children_cpu()
     started = time.monotonic()
@@ -250,8 +260,8 @@ def run_round(servers: list[Server], args: argparse.Namespace, script: str, dura
     wrk_cpu = (children_cpu() - wrk_before) / elapsed
     round_: dict[str, dict[str, float]] = {}
     for server, result in zip(servers, results):
-        cpu = cpu_seconds(server.process.pid) - cpu_before[server.mode]
-        stats, before = server.stats(), stats_before[server.mode]
+        cpu = cpu_seconds(server.process.pid) - cpu_before[server.name]
+        stats, before = server.stats(), stats_before[server.name]
         if server.mode == "redis" and stats["backend"] != "redis":
             raise RuntimeError("the Redis limiter fell back to memory during the run")
         batches = stats["batches"] - before["batches"]
@@ -260,15 +270,18 @@ def run_round(servers: list[Server], args: argparse.Namespace, script: str, dura
             wrk_cpu=wrk_cpu, redis_cpu=redis_cpu if server.mode == "redis" else 0.0,
             batch=(stats["batched"] - before["batched"]) / batches if batches else 0.0,
         )
-        round_[server.mode] = result
+        round_[server.name] = result
     return round_
 
 
 def side_by_side(args: argparse.Namespace, script: str, redis_pid: int, redis_url: str) -> list[dict[str, dict[str, float]]]:
-    """``--sets`` sets of the three servers, each loaded ``--rounds`` times all at once."""
+    """``--sets`` sets of the three servers (and the memory limiter of ``--compare``), each
+    loaded ``--rounds`` times all at once."""
     rounds = []
     for _ in range(args.sets):
         servers = [Server(mode, args, redis_url) for mode in MODES]
+        if args.compare:
+            servers.append(Server("memory", args, redis_url, root=args.compare, name=COMPARED))
         try:
             for server in servers:
                 wait_ready(server.base + "/ping")
@@ -310,6 +323,8 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict[str, float]]], 
     def median(mode: str, field: str) -> float:
         return statistics.median(r[mode][field] for r in rounds)
 
+    names = MODES + ((COMPARED,) if args.compare else ())
+
     server_cpus, load_cpus = placement(args)
     where = "unpinned"
     if server_cpus and load_cpus:
@@ -317,19 +332,19 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict[str, float]]], 
     if args.sequential:
         method = f"one server at a time, {args.rounds} rounds"
     else:
-        method = f"the three servers side by side, {args.sets} sets of {args.rounds} rounds"
+        method = f"the {len(names)} servers side by side, {args.sets} sets of {args.rounds} rounds"
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs ({where}); wrk -t{args.threads} -c{args.connections}"
           f" -d{args.duration}s --latency per server; {method}; {args.clients} client addresses;"
           f" load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"{'limiter':<8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>11} {'µs CPU/req':>10}"
           f" {'req/CPU-s':>10} {'wrk CPU':>8} {'redis CPU':>10} {'reqs/EVALSHA':>13}")
-    for mode in MODES:
+    for mode in names:
         print(f"{mode:<8} {median(mode, 'rps'):>8.0f} {median(mode, 'p50'):>7.2f} {median(mode, 'p99'):>7.2f}"
               f" {median(mode, 'server_cpu'):>10.0%} {median(mode, 'cpu_us'):>10.1f}"
               f" {median(mode, 'per_cpu_second'):>10.0f} {median(mode, 'wrk_cpu'):>8.0%}"
               f" {median(mode, 'redis_cpu'):>10.0%} {median(mode, 'batch'):>13.1f}")
     print("every round (req/s): " + "; ".join(
-        f"{mode} " + ", ".join(f"{r[mode]['rps']:.0f}" for r in rounds) for mode in MODES))
+        f"{mode} " + ", ".join(f"{r[mode]['rps']:.0f}" for r in rounds) for mode in names))
     # Each round's own ratios: its configurations ran at the same time (side by side) or
     # back to back (sequential), so drift in the machine's speed moves them less than it
     # moves the ratio of medians.
@@ -345,6 +360,12 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict[str, float]]], 
         verdicts.append(f"{mode} >= {goal:.2f}x: {'met' if mid >= goal else 'NOT met'} ({mid:.3f}x"
                         f"{', the whole interval above' if low >= goal else ''})")
     print("goal: " + "; ".join(verdicts))
+    if args.compare:
+        for name, other in (("none", COMPARED), (COMPARED, "memory")):
+            mid, low, high = median_interval([r[other]["rps"] / r[name]["rps"] for r in rounds])
+            label = {COMPARED: f"memory of {args.compare}", "memory": "memory of this checkout"}
+            print(f"{label.get(other, other)} vs {label.get(name, name)}: median of the rounds' ratios"
+                  f" {mid:.3f}x (95% interval {low:.3f}-{high:.3f})")
     if args.sequential:
         for mode in MODES:
             busiest = max(("server", median(mode, "server_cpu")), ("wrk", median(mode, "wrk_cpu")),
@@ -363,6 +384,8 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=6, help="fresh sets of servers (side by side)")
     parser.add_argument("--rounds", type=int, help="measured rounds per set of servers (4), or in all (sequential, 5)")
     parser.add_argument("--clients", type=int, default=1000, help="distinct client addresses (X-Forwarded-For)")
+    parser.add_argument("--compare", type=Path, metavar="OTHER_CHECKOUT",
+                        help="also run the memory limiter of another checkout, side by side with the rest")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="leave the servers, wrk and redis-server wherever the scheduler puts them")
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
@@ -374,6 +397,10 @@ def main() -> None:
         return
     if not shutil.which("wrk"):
         sys.exit("wrk is needed (apt-get install wrk)")
+    if args.compare and args.sequential:
+        parser.error("--compare runs side by side only")
+    if args.compare:
+        args.compare = args.compare.resolve()
     if args.duration is None:
         args.duration = 10 if args.sequential else 5
     if args.rounds is None:
