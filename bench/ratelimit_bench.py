@@ -343,6 +343,8 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict[str, float]]], 
               f" {median(mode, 'server_cpu'):>10.0%} {median(mode, 'cpu_us'):>10.1f}"
               f" {median(mode, 'per_cpu_second'):>10.0f} {median(mode, 'wrk_cpu'):>8.0%}"
               f" {median(mode, 'redis_cpu'):>10.0%} {median(mode, 'batch'):>13.1f}")
+    if not args.sequential:
+        print("(side by side, wrk CPU is that of all the round's wrk processes together)")
     print("every round (req/s): " + "; ".join(
         f"{mode} " + ", ".join(f"{r[mode]['rps']:.0f}" for r in rounds) for mode in names))
     # Each round's own ratios: its configurations ran at the same time (side by side) or

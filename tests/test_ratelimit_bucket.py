@@ -93,7 +93,7 @@ def test_memory_counts_recency_to_within_the_recency_step() -> None:
     assert list(store.buckets)[-1] == "k0"  # a step after its last move: the most recent
     store.take([("k16", 10, window)])  # a 17th key evicts the least recently used
     assert "k1" not in store.buckets
-    assert store.take([("k0", 10, window)])[1][0].remaining == 6  # k0 kept, with its three takes
+    assert store.take([("k0", 10, window)])[1][0].remaining == 6  # k0 kept: its fourth take leaves 6
 
 
 def test_memory_sweeps_buckets_that_have_refilled_once_half_full() -> None:
