@@ -226,10 +226,13 @@ class Server:
         self.name = name or mode
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
+        # The server's log goes to a file, never to a pipe nobody reads (a full pipe would
+        # stall its event loop); stop() shows its errors.
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, str(root / "bench" / "ratelimit_bench.py"), "--serve", mode, "--port", str(port),
              "--redis-url", redis_url],
-            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=root, stdout=subprocess.DEVNULL, stderr=self.log, text=True,
             preexec_fn=pinned(placement(args)[0]),
         )
 
@@ -242,6 +245,12 @@ class Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+        self.log.seek(0)
+        errors = [line for line in self.log if '"level":"ERROR"' in line or '"level":"CRITICAL"' in line
+                  or line.startswith("Traceback")]
+        self.log.close()
+        if errors:
+            print(f"{self.name} server logged {len(errors)} errors; the first: {errors[0].strip()[:500]}", file=sys.stderr)
 
 
 def run_round(servers: list[Server], args: argparse.Namespace, script: str, duration: int,
