@@ -250,7 +250,8 @@ class Server:
                   or line.startswith("Traceback")]
         self.log.close()
         if errors:
-            print(f"{self.name} server logged {len(errors)} errors; the first: {errors[0].strip()[:500]}", file=sys.stderr)
+            first = errors[0].strip()[:500]
+            print(f"{self.name} server logged {len(errors)} errors; the first: {first}", file=sys.stderr)
 
 
 def run_round(servers: list[Server], args: argparse.Namespace, script: str, duration: int,
