@@ -3,7 +3,7 @@ Redis limiter, side by side in one run.
 
     .venv/bin/python bench/ratelimit_bench.py [--sets 6] [--rounds 4] [--duration 5] [--connections 64]
     .venv/bin/python bench/ratelimit_bench.py --sequential [--rounds 5] [--duration 10]
-    .venv/bin/python bench/ratelimit_bench.py --compare OTHER_CHECKOUT   # a fourth server: its memory limiter
+    .venv/bin/python bench/ratelimit_bench.py --compare OTHER_CHECKOUT   # and its memory and no-limiter servers
 
 Each configuration runs the real app (services, handlers, the access log at WARNING) in a
 server process of its own; ``wrk`` loads it from another process, every request carrying an
@@ -31,9 +31,12 @@ runs): a new server per configuration and round, alternating, the median round r
 with each process's CPU use over the measured run. Its ratios move with the machine's speed
 between runs. Goals: memory >= 0.95 and Redis >= 0.70 of no limiter.
 
-``--compare OTHER_CHECKOUT`` adds a fourth server to each set: the memory limiter of that
-checkout's code (served by its own copy of this file), for telling two versions of the
-limiter apart; its ratios to no limiter and to this checkout's memory limiter are printed too.
+``--compare OTHER_CHECKOUT`` adds two servers to each set: the memory limiter and no limiter
+of that checkout's code (served by its own copy of this file), for telling two versions
+apart; its memory limiter's ratios to both no-limiter servers, and each of its servers' ratio
+to this checkout's of the same mode, are printed too. A change to what every request runs
+(not only the limiter) moves both of its servers, so the limiter's ratio is read within each
+checkout.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 MODES = ("none", "memory", "redis")
 COMPARED = "compared"  # the memory limiter of --compare's checkout
+COMPARED_NONE = "compared-none"  # and its server with no limiter
 PATH = "/bench/books/42"
 
 # A new client address per request, cycling through CLIENTS of them.
@@ -284,14 +288,18 @@ def run_round(servers: list[Server], args: argparse.Namespace, script: str, dura
     return round_
 
 
-def side_by_side(args: argparse.Namespace, script: str, redis_pid: int, redis_url: str) -> list[dict[str, dict[str, float]]]:
-    """``--sets`` sets of the three servers (and the memory limiter of ``--compare``), each
+Rounds = list[dict[str, dict[str, float]]]  # per round, per server: its figures
+
+
+def side_by_side(args: argparse.Namespace, script: str, redis_pid: int, redis_url: str) -> Rounds:
+    """``--sets`` sets of the three servers (and ``--compare``'s memory and no-limiter ones), each
     loaded ``--rounds`` times all at once."""
     rounds = []
     for _ in range(args.sets):
         servers = [Server(mode, args, redis_url) for mode in MODES]
         if args.compare:
             servers.append(Server("memory", args, redis_url, root=args.compare, name=COMPARED))
+            servers.append(Server("none", args, redis_url, root=args.compare, name=COMPARED_NONE))
         try:
             for server in servers:
                 wait_ready(server.base + "/ping")
@@ -304,7 +312,7 @@ def side_by_side(args: argparse.Namespace, script: str, redis_pid: int, redis_ur
     return rounds
 
 
-def sequential(args: argparse.Namespace, script: str, redis_pid: int, redis_url: str) -> list[dict[str, dict[str, float]]]:
+def sequential(args: argparse.Namespace, script: str, redis_pid: int, redis_url: str) -> Rounds:
     """``--rounds`` rounds, each loading a new server per configuration, one after the other."""
     rounds = []
     for _ in range(args.rounds):
@@ -329,11 +337,11 @@ def median_interval(values: list[float], resamples: int = 4000) -> tuple[float, 
     return statistics.median(values), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
-def report(args: argparse.Namespace, rounds: list[dict[str, dict[str, float]]], load_before: float) -> None:
+def report(args: argparse.Namespace, rounds: Rounds, load_before: float) -> None:
     def median(mode: str, field: str) -> float:
         return statistics.median(r[mode][field] for r in rounds)
 
-    names = MODES + ((COMPARED,) if args.compare else ())
+    names = MODES + ((COMPARED, COMPARED_NONE) if args.compare else ())
 
     server_cpus, load_cpus = placement(args)
     where = "unpinned"
@@ -346,10 +354,10 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict[str, float]]], 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs ({where}); wrk -t{args.threads} -c{args.connections}"
           f" -d{args.duration}s --latency per server; {method}; {args.clients} client addresses;"
           f" load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print(f"{'limiter':<8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>11} {'µs CPU/req':>10}"
+    print(f"{'limiter':<13} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>11} {'µs CPU/req':>10}"
           f" {'req/CPU-s':>10} {'wrk CPU':>8} {'redis CPU':>10} {'reqs/EVALSHA':>13}")
     for mode in names:
-        print(f"{mode:<8} {median(mode, 'rps'):>8.0f} {median(mode, 'p50'):>7.2f} {median(mode, 'p99'):>7.2f}"
+        print(f"{mode:<13} {median(mode, 'rps'):>8.0f} {median(mode, 'p50'):>7.2f} {median(mode, 'p99'):>7.2f}"
               f" {median(mode, 'server_cpu'):>10.0%} {median(mode, 'cpu_us'):>10.1f}"
               f" {median(mode, 'per_cpu_second'):>10.0f} {median(mode, 'wrk_cpu'):>8.0%}"
               f" {median(mode, 'redis_cpu'):>10.0%} {median(mode, 'batch'):>13.1f}")
@@ -366,23 +374,27 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict[str, float]]], 
         per_cpu = [r[mode]["per_cpu_second"] / r["none"]["per_cpu_second"] for r in rounds]
         mid, low, high = median_interval(ratios)
         cpu_mid, cpu_low, cpu_high = median_interval(per_cpu)
-        print(f"{mode} vs none, median of {len(rounds)} rounds' ratios: requests {mid:.3f}x (95% interval {low:.3f}-{high:.3f});"
+        print(f"{mode} vs none, median of {len(rounds)} rounds' ratios: requests {mid:.3f}x"
+              f" (95% interval {low:.3f}-{high:.3f});"
               f" requests per CPU-second {cpu_mid:.3f}x ({cpu_low:.3f}-{cpu_high:.3f}); ratio of medians"
               f" {median(mode, 'rps') / median('none', 'rps'):.3f}x")
         verdicts.append(f"{mode} >= {goal:.2f}x: {'met' if mid >= goal else 'NOT met'} ({mid:.3f}x"
                         f"{', the whole interval above' if low >= goal else ''})")
     print("goal: " + "; ".join(verdicts))
     if args.compare:
-        for name, other in (("none", COMPARED), (COMPARED, "memory")):
+        label = {COMPARED: f"memory of {args.compare}", COMPARED_NONE: f"none of {args.compare}",
+                 "memory": "memory of this checkout", "none": "none of this checkout"}
+        pairs = (("none", COMPARED), (COMPARED_NONE, COMPARED), (COMPARED, "memory"), (COMPARED_NONE, "none"))
+        for name, other in pairs:
             mid, low, high = median_interval([r[other]["rps"] / r[name]["rps"] for r in rounds])
-            label = {COMPARED: f"memory of {args.compare}", "memory": "memory of this checkout"}
             print(f"{label.get(other, other)} vs {label.get(name, name)}: median of the rounds' ratios"
                   f" {mid:.3f}x (95% interval {low:.3f}-{high:.3f})")
     if args.sequential:
         for mode in MODES:
             busiest = max(("server", median(mode, "server_cpu")), ("wrk", median(mode, "wrk_cpu")),
                           ("redis-server", median(mode, "redis_cpu")), key=lambda item: item[1])
-            verdict = "CPU-bound" if busiest[1] >= 0.9 else "no process CPU-bound (latency-bound, or the CPUs are shared)"
+            verdict = ("CPU-bound" if busiest[1] >= 0.9
+                       else "no process CPU-bound (latency-bound, or the CPUs are shared)")
             print(f"{mode}: busiest process {busiest[0]} at {busiest[1]:.0%} of one core: {verdict}")
 
 
@@ -397,7 +409,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="measured rounds per set of servers (4), or in all (sequential, 5)")
     parser.add_argument("--clients", type=int, default=1000, help="distinct client addresses (X-Forwarded-For)")
     parser.add_argument("--compare", type=Path, metavar="OTHER_CHECKOUT",
-                        help="also run the memory limiter of another checkout, side by side with the rest")
+                        help="also run the memory limiter and no limiter of another checkout, side by side")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="leave the servers, wrk and redis-server wherever the scheduler puts them")
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
