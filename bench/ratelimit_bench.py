@@ -34,9 +34,9 @@ between runs. Goals: memory >= 0.95 and Redis >= 0.70 of no limiter.
 ``--compare OTHER_CHECKOUT`` adds two servers to each set: the memory limiter and no limiter
 of that checkout's code (served by its own copy of this file), for telling two versions
 apart; its memory limiter's ratios to both no-limiter servers, and the ratio of each of this
-checkout's two servers to its server of the same mode, are printed too. A change to what every request runs
-(not only the limiter) moves both of its servers, so the limiter's ratio is read within each
-checkout.
+checkout's two servers to its server of the same mode, are printed too. A change to what
+every request runs (not only the limiter) moves both of its servers, so the limiter's ratio
+is read within each checkout.
 """
 
 from __future__ import annotations
