@@ -37,6 +37,10 @@ HEALTHY, DEGRADED, UNHEALTHY, UNAVAILABLE = "healthy", "degraded", "unhealthy", 
 _STATUS_VALUE = {PASS: 1.0, WARN: 0.5, FAIL: 0.0}
 _IETF_STATUS = {HEALTHY: PASS, DEGRADED: WARN, UNHEALTHY: FAIL, UNAVAILABLE: FAIL}
 _MB = 1024 * 1024
+# How long the driver may overrun a ping's own bound (pymongo.timeout): it waits for a server
+# in half-second steps. Health.close waits at most that much longer for a ping in flight.
+_DRIVER_OVERRUN_S = 0.6
+_CLOSE_WAIT_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ class Health:
         self._cached_at = 0.0  # monotonic
         self._checked_at = ""  # ISO time of the cached evaluation
         self._evaluation: asyncio.Future[list[CheckResult]] | None = None
+        self._database_ping: asyncio.Task[dict[str, Any]] | None = None  # the last one (_database)
+        self._database_ping_at = 0.0  # monotonic, when it started
         self._failing: tuple[str, ...] = ()
         self.loop_lag = LoopLagMonitor(services.metrics)
         self.checks = (
@@ -137,6 +143,15 @@ class Health:
             Check("event_loop", True, "system", "lag", self._event_loop),
             Check("websocket", False, "component", "connections", self._websocket),
         )
+
+    async def close(self) -> None:
+        """Stop the loop-lag monitor, and let a database ping still in flight end by its own
+        bound (cancelled only if it overruns that too) before the database closes."""
+        ping = self._database_ping
+        if ping is not None and not ping.done():
+            await asyncio.wait([ping], timeout=min(self._timeout + _DRIVER_OVERRUN_S, _CLOSE_WAIT_MAX_S))
+            ping.cancel()  # nothing if it ended
+        await self.loop_lag.close()
 
     # -- readiness
 
@@ -255,7 +270,26 @@ class Health:
     # -- the checks
 
     async def _database(self) -> Outcome:
-        answer = await self._services.db.health(self._timeout)
+        # The ping runs in a task of its own, which the evaluation's bound does not cancel: it
+        # ends by its own (pymongo.timeout in Database.health). Cancelling the driver
+        # mid-operation can leave the socket of a connection it was making open (PyMongo
+        # 4.20's _async_create_connection closes it on a timeout or a socket error, not on a
+        # cancellation). One ping at a time: a check that starts while the last one still runs
+        # waits for that one, unless the driver has overrun its bound (then, as a last resort,
+        # that one is cancelled and a new one sent).
+        ping = self._database_ping
+        now = time.monotonic()
+        age = now - self._database_ping_at
+        if ping is not None and not ping.done() and age > self._timeout + _DRIVER_OVERRUN_S:
+            log.warning("a database health ping overran its %.0f ms bound by more than %.0f ms; cancelling it",
+                        self._timeout * 1000, _DRIVER_OVERRUN_S * 1000,
+                        extra={"timeout_ms": round(self._timeout * 1000), "age_ms": round(age * 1000)})
+            ping.cancel()
+            ping = None
+        if ping is None or ping.done():
+            ping = self._database_ping = asyncio.create_task(self._services.db.health(self._timeout))
+            self._database_ping_at = now
+        answer = await asyncio.shield(ping)
         observed = answer["latency_ms"] if answer["status"] == PASS else None
         return Outcome(answer["status"], answer["message"], observed, "ms")
 

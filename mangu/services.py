@@ -122,7 +122,7 @@ class Services:
         """Release every connection and background task."""
         await self.limiter.close()
         self.state = STOPPED
-        await self.health.loop_lag.close()
+        await self.health.close()
         await self.hub.close()  # this process's presence entries leave Redis
         if self.bus is not None:
             await self.bus.close()

@@ -96,6 +96,57 @@ async def test_a_redis_that_never_answers_times_out_within_the_bound(start_app, 
     assert report["checks"]["pubsub"]["status"] == "fail"
 
 
+async def test_the_database_ping_is_left_to_end_by_its_own_bound(start_app, silent_redis: int) -> None:
+    # The silent port stands for a MongoDB that accepts connections and never answers.
+    app = await start_app(MONGODB_URL=f"mongodb://127.0.0.1:{silent_redis}/", DATABASE_TIMEOUT=20000,
+                          DATABASE_STATEMENT_TIMEOUT=20000, HEALTH_CHECK_TIMEOUT=300, HEALTH_CACHE_MS=0)
+    started = time.monotonic()
+    code, report = await health(app)
+    assert time.monotonic() - started < 1.5  # the 300 ms bound, not DATABASE_TIMEOUT's 20 s
+    assert code == 503 and report["checks"]["database"]["message"] == "timed out after 300 ms"
+    # The report stopped waiting at its bound, but the ping was not cancelled: cancelling the
+    # driver mid-operation can leave the socket of a connection it was making open. The ping
+    # ends by the driver's own bound (pymongo.timeout), a little later.
+    ping = app.services.health._database_ping
+    assert ping is not None
+    answer = await asyncio.wait_for(asyncio.shield(ping), 3)
+    assert not ping.cancelled()
+    assert answer["status"] == "fail" and answer["message"].startswith("ping timed out"), answer
+    await health(app)  # once it has ended, the next check pings again
+    assert app.services.health._database_ping is not ping
+
+
+async def test_a_database_ping_that_overruns_its_bound_is_cancelled_and_replaced(start_app, log_capture) -> None:
+    # The one stand-in here: a driver that overruns its own timeout cannot be brought about on
+    # demand, so the first ping runs the real one and then never returns.
+    app = await start_app(HEALTH_CHECK_TIMEOUT=300, HEALTH_CACHE_MS=0)
+    db = app.services.db
+    real_health = db.health
+    pings = 0
+
+    async def first_never_returns(timeout: float) -> dict:
+        nonlocal pings
+        pings += 1
+        answer = await real_health(timeout)
+        if pings == 1:
+            await asyncio.Event().wait()
+        return answer
+
+    db.health = first_never_returns  # type: ignore[method-assign]
+    code, report = await health(app)
+    assert code == 503 and report["checks"]["database"]["message"] == "timed out after 300 ms"
+    stuck = app.services.health._database_ping
+    code, report = await health(app)  # still within the driver's overrun: waits for the same ping
+    assert report["checks"]["database"]["status"] == "fail" and pings == 1
+    await asyncio.sleep(0.7)  # past the bound and the overrun allowed
+    code, report = await health(app)
+    assert (code, report["checks"]["database"]["status"]) == (200, "pass") and pings == 2
+    assert stuck is not None and stuck.cancelled()
+    overran = "a database health ping overran its 300 ms bound by more than 600 ms; cancelling it"
+    warned = log_capture.find(message=overran)
+    assert warned and warned[0]["level"] == "WARNING"
+
+
 async def test_a_flood_of_deep_health_requests_pings_the_database_once(start_app) -> None:
     app = await start_app(HEALTH_CACHE_MS=5000)
     registry = app.services.metrics.registry
