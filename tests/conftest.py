@@ -13,7 +13,16 @@ import pytest
 
 from tests.support.app import LogCapture, RunningApp, make_settings
 from tests.support.procs import MongoProcess, RedisProcess
+from tests.support.sockets import track_socket_origins
 from tests.support.ws import WSClient
+
+
+@pytest.fixture(scope="session", autouse=True)
+def socket_origins() -> Iterator[None]:
+    """A socket left open fails its test with the stack that made it (tests/support/sockets.py)."""
+    stop = track_socket_origins()
+    yield
+    stop()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
