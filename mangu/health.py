@@ -118,6 +118,12 @@ class LoopLagMonitor:
         return max(self._samples, default=0.0)
 
 
+def _seen(task: asyncio.Task[Any]) -> None:
+    """Mark a task's error as retrieved (whoever awaits it still gets it)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Health:
     """The server's health, from the objects in ``services``."""
 
@@ -288,6 +294,7 @@ class Health:
             ping = None
         if ping is None or ping.done():
             ping = self._database_ping = asyncio.create_task(self._services.db.health(self._timeout))
+            ping.add_done_callback(_seen)  # an error after the bound: the check that awaited it is gone
             self._database_ping_at = now
         answer = await asyncio.shield(ping)
         observed = answer["latency_ms"] if answer["status"] == PASS else None
