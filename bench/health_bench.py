@@ -115,7 +115,8 @@ def wrk(url: str, connections: int, duration: int, threads: int) -> dict[str, fl
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s", url],
         capture_output=True, text=True, check=True,
     ).stdout
-    latency = {pct: float(v) * _UNIT[unit] for pct, v, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    percentiles = re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    latency = {pct: float(v) * _UNIT[unit] for pct, v, unit in percentiles}
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {
@@ -141,7 +142,8 @@ async def scrape_times(url: str, count: int) -> tuple[list[float], int]:
 async def open_websockets(url: str, count: int) -> list[Any]:
     sockets: list[Any] = []
     for start in range(0, count, 100):
-        sockets += await asyncio.gather(*(tornado.websocket.websocket_connect(url) for _ in range(start, min(count, start + 100))))
+        batch = range(start, min(count, start + 100))
+        sockets += await asyncio.gather(*(tornado.websocket.websocket_connect(url) for _ in batch))
     return sockets
 
 

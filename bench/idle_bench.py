@@ -28,7 +28,8 @@ def measure(kind: str, connections: int, procs: int, workdir: str, mongo: Mongo)
     try:
         # warm up: one connection, so lazily built structures are not counted per connection
         warm_tokens = write_tokens(f"{workdir}/warm-{kind}.txt", ["warm"])
-        warm = Load(["--role", "idle", *ws_target(server, kind), "--count", "1", "--room", "bench", "--tokens", warm_tokens])
+        warm = Load(["--role", "idle", *ws_target(server, kind), "--count", "1", "--room", "bench",
+                     "--tokens", warm_tokens])
         warm.read_json(60)
         time.sleep(1.0)
         before = rss_bytes(server.pid)

@@ -258,7 +258,8 @@ class SocketHandler(MaguHandlerMixin, tornado.websocket.WebSocketHandler):
         self._abuse += 1
         log.info("websocket frame refused: %s", exc.message, extra={"code": exc.code, "conn_id": self.conn_id})
         if self._abuse >= self.config.ws_abuse_limit:
-            log.warning("closing abusive websocket connection", extra={"conn_id": self.conn_id, "invalid_frames": self._abuse})
+            log.warning("closing abusive websocket connection",
+                        extra={"conn_id": self.conn_id, "invalid_frames": self._abuse})
             self.close_connection(p.CLOSE_POLICY_VIOLATION, "too many invalid frames")
 
     async def _dispatch(self, frame: p.Frame) -> None:

@@ -36,7 +36,9 @@ _TYPES = {
 class StaticHandler(MaguHandlerMixin, tornado.web.StaticFileHandler):
     """A file of ``static/``, with the server's security headers; errors answer in JSON."""
 
-    def initialize(self, path: str = str(STATIC_DIR), default_filename: str | None = None) -> None:  # type: ignore[override]
+    def initialize(  # type: ignore[override]
+        self, path: str = str(STATIC_DIR), default_filename: str | None = None,
+    ) -> None:
         super().initialize(path, default_filename)
 
     def set_extra_headers(self, path: str) -> None:

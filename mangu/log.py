@@ -286,7 +286,9 @@ class JsonFormatter(OrjsonFormatter):
         ).decode()
 
 
-_LEVEL_COLOURS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+_LEVEL_COLOURS = {
+    "DEBUG": "\x1b[2m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m",
+}
 _PRETTY_SKIP = {"timestamp", "level", "logger", "message", "exception", "stack_info"}
 
 

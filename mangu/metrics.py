@@ -167,7 +167,8 @@ class Metrics:
             self.ratelimit_backend_transitions.labels(backend=backend)
 
         # rate limiting: the limiter's own working (memory store, failover, coalesced Redis calls)
-        self.ratelimit_memory_buckets = gauge("ratelimit_memory_buckets", "Buckets held by the in-memory rate-limit store.")
+        self.ratelimit_memory_buckets = gauge("ratelimit_memory_buckets",
+                                              "Buckets held by the in-memory rate-limit store.")
         self.ratelimit_memory_evictions = counter(
             "ratelimit_memory_evictions", "In-memory buckets dropped because the store was full (least recently used)."
         )
@@ -186,7 +187,8 @@ class Metrics:
         self.db_command_duration = histogram(
             "db_command_duration_seconds", "MongoDB command duration, by command.", ("command",)
         )
-        self.db_command_failures = counter("db_command_failures", "MongoDB commands that failed, by command.", ("command",))
+        self.db_command_failures = counter("db_command_failures", "MongoDB commands that failed, by command.",
+                                           ("command",))
         self.db_slow_queries = counter("db_slow_queries", "MongoDB commands slower than the threshold.", ("command",))
         self.db_pool_connections = gauge("db_pool_connections", "MongoDB pool connections, by state.", ("state",))
         for state in POOL_STATES:

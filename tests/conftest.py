@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,7 +13,6 @@ import pytest
 from tests.support.app import LogCapture, RunningApp, make_settings
 from tests.support.procs import MongoProcess, RedisProcess
 from tests.support.sockets import track_socket_origins
-from tests.support.ws import WSClient
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,7 +47,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_header(config: pytest.Config) -> list[str]:
     mongo = os.environ.get("MONGODB_URL")
     return [
-        f"mongodb: {'MONGODB_URL (real-MongoDB tests included)' if mongo else 'nx-27017 child (real_mongodb tests deselected)'}",
+        "mongodb: " + ("MONGODB_URL (real-MongoDB tests included)" if mongo
+                       else "nx-27017 child (real_mongodb tests deselected)"),
         f"soak tests: {'included' if config.getoption('--soak') else 'deselected (use --soak)'}",
     ]
 

@@ -245,7 +245,8 @@ async def test_redis_restart_mid_conversation(other_process, here, redis_server:
 
 
 async def test_admin_publish_reaches_sockets_on_two_processes(other_process, here) -> None:
-    readers = [await member(here.ws_url(), "ivy", room="book:3"), await member(other_process.ws_url(), "jon", room="book:3")]
+    readers = [await member(here.ws_url(), "ivy", room="book:3"),
+               await member(other_process.ws_url(), "jon", room="book:3")]
     bystander = await member(other_process.ws_url(), "kim", room="book:4")
     admin = {"Authorization": f"Bearer {make_token('root', roles=['admin'])}"}
     notice = {"message": "Maintenance at 02:00 UTC", "minutes": 15}

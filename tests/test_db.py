@@ -160,8 +160,8 @@ async def test_outage_while_running_fails_fast_and_recovers(start_app, own_mongo
     with pytest.raises(DatabaseUnavailable):
         await messages.history("book:2")
     assert time.monotonic() - t0 < 0.1
-    await eventually(lambda: bool(log_capture.find(message="database unavailable: store calls are refused until it answers again")),
-                     what="the outage log line")
+    outage = "database unavailable: store calls are refused until it answers again"
+    await eventually(lambda: bool(log_capture.find(message=outage)), what="the outage log line")
     assert sample(app, "mangu_db_up") == 0
 
     await asyncio.to_thread(own_mongo.start)

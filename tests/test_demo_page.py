@@ -170,7 +170,9 @@ def test_client_asks_for_a_new_token_after_4001_and_before_expiry(server: Server
     result = blank.page.evaluate("""async ([expired, fresh]) => {
         const { ManguClient } = await import("/static/mangu-client.js");
         const asked = [], states = [];
-        const client = new ManguClient({ token: expired, refreshToken: async ({ reason }) => { asked.push(reason); return fresh; } });
+        const client = new ManguClient({
+          token: expired, refreshToken: async ({ reason }) => { asked.push(reason); return fresh; },
+        });
         client.on("state", ({ state, code }) => states.push([state, code ?? null]));
         const ready = new Promise((resolve) => client.on("ready", resolve));
         client.connect();
@@ -188,7 +190,9 @@ def test_client_asks_for_a_new_token_after_4001_and_before_expiry(server: Server
     result = blank.page.evaluate("""async ([expiring, fresh]) => {
         const { ManguClient } = await import("/static/mangu-client.js");
         const asked = [];
-        const client = new ManguClient({ token: expiring, refreshToken: async ({ reason }) => { asked.push(reason); return fresh; } });
+        const client = new ManguClient({
+          token: expiring, refreshToken: async ({ reason }) => { asked.push(reason); return fresh; },
+        });
         const ready = new Promise((resolve) => client.on("ready", resolve));
         const renewed = new Promise((resolve) => client.on("token", resolve));
         client.connect();

@@ -68,7 +68,8 @@ async def test_json_body_errors(app: RunningApp) -> None:
     assert ok.code == 200 and json_body(ok) == {"got": {"title": "Dune"}}
 
     error = assert_json_error(
-        await app.fetch("/test/echo", method="POST", body='{"title": "Dune",}', headers={"Content-Type": "application/json"}),
+        await app.fetch("/test/echo", method="POST", body='{"title": "Dune",}',
+                        headers={"Content-Type": "application/json"}),
         400, "malformed_json",
     )
     assert "line 1 column" in error["message"] and error["position"] == 16

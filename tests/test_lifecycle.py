@@ -211,7 +211,8 @@ def test_sigterm_lets_in_flight_requests_finish_after_readiness_turns_503(mongo_
         pool.shutdown(wait=False, cancel_futures=True)
         server.stop()
     messages = messages_of(server)
-    assert index_of(messages, "shutdown started by SIGTERM") < index_of(messages, "listener closed") < messages.index("stopped")
+    started = index_of(messages, "shutdown started by SIGTERM")
+    assert started < index_of(messages, "listener closed") < messages.index("stopped")
     listener = next(r for r in server.records if r.get("message") == "listener closed")
     assert listener["requests_in_flight"] == 10
     assert not any(m.startswith("shutdown timeout") for m in messages)

@@ -171,7 +171,8 @@ async def test_correlation_id_in_out_and_on_every_line_of_the_request(app: Runni
     assert response.headers["X-Correlation-Id"] == "req-42.a:b"
     lines = [r for r in log_capture.records if r["logger"] in ("tests.work", "mangu.access")]
     assert [r["message"] for r in lines] == [
-        "handler start", "child task step awaited", "child task step spawned", "GET /test/work 200 " + lines[-1]["message"].split()[-1],
+        "handler start", "child task step awaited", "child task step spawned",
+        "GET /test/work 200 " + lines[-1]["message"].split()[-1],
     ]
     assert {r["correlation_id"] for r in lines} == {"req-42.a:b"}
 

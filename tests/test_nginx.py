@@ -76,13 +76,15 @@ class Nginx:
             assert old in text, f"conf/nginx/mangu.conf no longer has {old!r}"
             text = text.replace(old, new)
         (tmp_path / "mangu.conf").write_text(text)
-        temp = " ".join(f"{kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        temp = " ".join(f"{kind}_temp_path {tmp_path}/{kind};" for kind in kinds)
         (tmp_path / "nginx.conf").write_text(
             f"worker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
             f"events {{ worker_connections 256; }}\n"
             f"http {{\n access_log {tmp_path}/access.log;\n {temp}\n include {tmp_path}/mangu.conf;\n}}\n"
         )
-        self.command = [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
+        self.command = [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                        "-e", str(tmp_path / "error.log")]
         self.proc: subprocess.Popen | None = None
 
     def test_config(self) -> subprocess.CompletedProcess:

@@ -146,7 +146,8 @@ def test_the_limiters_request_path_answers_as_take_does() -> None:
         client = f"user:{user_id}" if user_id else f"ip:{address}"
         policy = tiers[tier].divided(2)
         expected_allowed, expected_quotas = reference.take([
-            (f"{policy.name}:{client}", policy.limit, policy.window_ms), (f"burst:{client}", burst.limit, burst.window_ms),
+            (f"{policy.name}:{client}", policy.limit, policy.window_ms),
+            (f"burst:{client}", burst.limit, burst.window_ms),
         ])
         named = tier if tier in ("general", "strict") else tiers[tier]
         answer = limiter.take_request_now(named, user_id, address, None)

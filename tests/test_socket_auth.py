@@ -90,7 +90,8 @@ async def test_wrong_audience_or_issuer(start_app, mongo_url, mongo_db) -> None:
     await ok.close()
 
 
-async def test_hs_token_signed_with_the_rs_public_key_is_refused(start_app, mongo_url, mongo_db, tmp_path: Path) -> None:
+async def test_hs_token_signed_with_the_rs_public_key_is_refused(start_app, mongo_url, mongo_db,
+                                                                 tmp_path: Path) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -4,8 +4,9 @@ Tornado has no public call to send an already-framed message: ``write_message`` 
 copies and wraps every write in a task of its own, which is most of the cost of a fan-out.
 A room message is framed once here and the same bytes are written to every member's
 socket, keeping Tornado's byte counters: straight to the kernel when nothing is queued on
-that connection (no Future, no loop callback), through the stream's buffer otherwise. When permessage-deflate was negotiated (each
-connection has its own compression context) the normal path is used.
+that connection (no Future, no loop callback), through the stream's buffer otherwise. When
+permessage-deflate was negotiated (each connection has its own compression context) the
+normal path is used.
 
 The protocol subclass also validates the close codes clients send (RFC 6455 7.4: an
 invalid code is answered with 1002) and answers invalid UTF-8 with 1007 instead of a bare

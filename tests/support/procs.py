@@ -281,7 +281,8 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def run_server_once(env: dict[str, str], args: list[str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
+def run_server_once(env: dict[str, str], args: list[str] | None = None,
+                    timeout: float = 30.0) -> subprocess.CompletedProcess:
     """Run server.py to completion (for configuration errors, which exit before listening)."""
     return subprocess.run(
         [PYTHON, "server.py", *(args or [])], cwd=ROOT, env=server_env(env), capture_output=True,
