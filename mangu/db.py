@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pymongo
+import pymongo.pool_shared
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
@@ -208,6 +209,49 @@ class _Availability(monitoring.TopologyListener, monitoring.ServerHeartbeatListe
         pass
 
 
+# Connects whose caller was cancelled, left to end by their own bound (_close_when_connected).
+_ORPHANED_CONNECTS: set[asyncio.Future[Any]] = set()
+
+
+def _close_when_connected() -> None:
+    """Make the driver close a socket it was connecting when its caller is cancelled.
+
+    PyMongo 4.20's ``pool_shared._async_create_connection`` closes the socket it connects on
+    a timeout or a socket error, not on a cancellation: a monitor stopped by ``close()`` while
+    it reconnects, or an operation cancelled with its request while the pool opens a
+    connection, leaves the socket to the collector ("ResourceWarning: unclosed socket"),
+    open until the collector finds it (upstream: PYTHON-5867). Here the connect runs in a
+    task of its own: a cancelled caller gets its CancelledError at once, as before, and the
+    connect goes on to its end, bounded by the driver's connect timeout, after which the
+    socket it made is closed. Applied to the 4.20 releases (requirements.txt pins one):
+    ``tests/test_db.py`` checks the behaviour, so an upgrade that still needs it fails there.
+    """
+    create = getattr(pymongo.pool_shared, "_async_create_connection", None)
+    if create is None or pymongo.version_tuple[:2] != (4, 20) or getattr(create, "closes_when_connected", False):
+        return
+
+    async def create_connection(address: Any, options: Any) -> Any:
+        connecting = asyncio.ensure_future(create(address, options))
+        try:
+            return await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            _ORPHANED_CONNECTS.add(connecting)
+            connecting.add_done_callback(_close_orphaned_connect)  # soon, if it has ended already
+            raise
+
+    create_connection.closes_when_connected = True  # type: ignore[attr-defined]
+    pymongo.pool_shared._async_create_connection = create_connection
+
+
+def _close_orphaned_connect(connecting: asyncio.Future[Any]) -> None:
+    _ORPHANED_CONNECTS.discard(connecting)
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().close()
+
+
+_close_when_connected()
+
+
 class Database:
     """The server's MongoDB: one client and pool, shared by every store.
 
@@ -275,8 +319,7 @@ class Database:
         task, self._setup_task = self._setup_task, None
         if task is not None:
             if self._setting_up:
-                # Let a set-up in progress finish (briefly): cancelling the driver while it
-                # opens a connection leaks that socket.
+                # Let a set-up in progress finish (briefly) rather than cut it off mid-command.
                 await asyncio.wait([task], timeout=_CLOSE_WAIT_S)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -292,6 +335,10 @@ class Database:
             except TimeoutError:
                 log.warning("database client did not finish closing within %.1f s; going on without waiting",
                             bound, extra={"timeout_ms": round(bound * 1000)})
+        if _ORPHANED_CONNECTS:
+            # Connects the close cancelled (its monitors') end by their own bound and close
+            # their sockets then (_close_when_connected): briefly, let them, before the loop goes.
+            await asyncio.wait(list(_ORPHANED_CONNECTS), timeout=_CLOSE_WAIT_S)
 
     async def _run_setups(self) -> None:
         """Run every registered set-up once MongoDB answers; retry with backoff on failure."""

@@ -278,11 +278,10 @@ class Health:
     async def _database(self) -> Outcome:
         # The ping runs in a task of its own, which the evaluation's bound does not cancel: it
         # ends by its own (pymongo.timeout in Database.health). Cancelling the driver
-        # mid-operation can leave the socket of a connection it was making open (PyMongo
-        # 4.20's _async_create_connection closes it on a timeout or a socket error, not on a
-        # cancellation). One ping at a time: a check that starts while the last one still runs
-        # waits for that one, unless the driver has overrun its bound (then, as a last resort,
-        # that one is cancelled and a new one sent).
+        # mid-operation abandons what it was doing (a connection it was making: mangu.db
+        # closes that socket once its connect ends). One ping at a time: a check that starts
+        # while the last one still runs waits for that one, unless the driver has overrun its
+        # bound (then, as a last resort, that one is cancelled and a new one sent).
         ping = self._database_ping
         now = time.monotonic()
         age = now - self._database_ping_at

@@ -7,9 +7,11 @@ bounded when the driver does not finish, and the embedded development MongoDB.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -278,6 +280,44 @@ async def test_close_goes_on_when_the_driver_never_finishes_closing(start_app, l
         await app.services.messages.history("book:1")
     await db.close()  # a second close is a no-op, done at once
     assert time.monotonic() - started - elapsed < 1
+
+
+def _connections_to(port: int, excluding: set[int]) -> list:
+    """This process's TCP sockets to ``port`` (connected or connecting), but those from
+    the local ports ``excluding``."""
+    return [c for c in psutil.Process().net_connections("tcp")
+            if c.raddr and c.raddr.port == port and c.laddr.port not in excluding]
+
+
+async def test_a_close_while_the_driver_connects_leaves_no_socket_open(start_app) -> None:
+    # A listener whose accept queue is full: the kernel drops the SYNs of further connects,
+    # which wait for the driver's connect timeout (DATABASE_TIMEOUT). The close stops the
+    # driver's monitor and pool tasks in the middle of those connects, which PyMongo 4.20
+    # alone leaves to the collector (an unclosed socket and a ResourceWarning).
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            theirs = {filler.getsockname()[1] for filler in fillers}
+            app = await start_app(MONGODB_URL=f"mongodb://127.0.0.1:{port}/", DATABASE_TIMEOUT=1000)
+            await eventually(lambda: _connections_to(port, theirs), what="the driver connecting")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                started = time.monotonic()
+                await app.services.db.close()
+                elapsed = time.monotonic() - started
+                gc.collect()
+            assert not _connections_to(port, theirs)
+            assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+            assert elapsed < 5  # the connects end by their 1 s bound, not a wait of their own
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 # -- the embedded development MongoDB
