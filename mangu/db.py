@@ -35,9 +35,12 @@ T = TypeVar("T")
 
 _SETUP_RETRY_MAX_S = 30.0
 _CLOSE_WAIT_S = 2.0
-# The driver's close ends its sessions (a server selection: up to DATABASE_TIMEOUT), then
-# waits for its monitor tasks; in one CI run that wait had not ended after 300 s. Shutdown
-# must end, so the close is bounded: DATABASE_TIMEOUT and this much more.
+# The driver's close ends its sessions on the server, which needs a server: with MongoDB
+# down its server selection would wait DATABASE_TIMEOUT. It gets this long (the server ends
+# abandoned sessions by itself after 30 minutes).
+_END_SESSIONS_S = 2.0
+# Then it waits for its monitor tasks; in one CI run that wait had not ended after 300 s.
+# Shutdown must end, so the whole close is bounded: DATABASE_TIMEOUT and this much more.
 _CLIENT_CLOSE_MARGIN_S = 5.0
 _PENDING_COMMANDS_MAX = 10_000  # started commands awaiting their outcome (bounds a leak)
 _ILLEGAL_OPERATION = 20  # server code for "transactions need a replica set or mongos"
@@ -331,7 +334,8 @@ class Database:
             bound = self.settings.database_timeout / 1000 + _CLIENT_CLOSE_MARGIN_S
             try:
                 async with asyncio.timeout(bound):
-                    await client.close()
+                    with pymongo.timeout(_END_SESSIONS_S):  # bounds the driver's own server selections
+                        await client.close()
             except TimeoutError:
                 log.warning("database client did not finish closing within %.1f s; going on without waiting",
                             bound, extra={"timeout_ms": round(bound * 1000)})

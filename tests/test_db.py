@@ -282,6 +282,23 @@ async def test_close_goes_on_when_the_driver_never_finishes_closing(start_app, l
     assert time.monotonic() - started - elapsed < 1
 
 
+async def test_a_close_while_mongodb_is_down_does_not_wait_database_timeout(start_app, own_mongo: MongoProcess) -> None:
+    await asyncio.to_thread(own_mongo.start)
+    app = await start_app(MONGODB_URL=own_mongo.url, DATABASE_TIMEOUT=20000, DATABASE_HEARTBEAT_INTERVAL=500)
+    db = app.services.db
+    await eventually(lambda: db.available, what="MongoDB to be seen")
+    await app.services.messages.append("book:1", "ana", "hello", "c-1")  # the driver holds a session now
+    await asyncio.to_thread(own_mongo.kill)
+    await eventually(lambda: db.known_down, what="the driver to find MongoDB down")
+    started = time.monotonic()
+    await db.close()
+    # Ending the driver's sessions needs a server: the close gives that 2 s, not the 20 s of
+    # DATABASE_TIMEOUT (the server lets the sessions expire by themselves).
+    assert time.monotonic() - started < 6
+    with pytest.raises(DatabaseUnavailable, match="closed"):
+        await app.services.messages.history("book:1")
+
+
 def _connections_to(port: int, excluding: set[int]) -> list:
     """This process's TCP sockets to ``port`` (connected or connecting), but those from
     the local ports ``excluding``."""
